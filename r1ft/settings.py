@@ -1,0 +1,361 @@
+"""Settings: parsed once, at the edge, from `R1FT_*` env vars (plus `HF_TOKEN`, `AWS_*`, Vast's
+variables) and an optional `.env` file; validated, frozen, passed down.
+
+Nothing below this module reads `os.environ`. This module must stay light: it is imported before
+torch so that `r1ft plan` with bad settings answers in well under a second.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "R1FT_"
+BASE_MODEL_ID = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+BASE_MODEL_REVISION = "ad9f0ae0864d7fbcd1cd905e3c6c5b069cc8b562"
+TINY_MODEL = "tiny"  # the embedded random-weight Qwen2 of the smoke preset
+
+# Preset defaults. A value the user sets explicitly always wins over the preset's.
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "smoke": {
+        "base_model": TINY_MODEL,
+        "mathcodeinstruct_source": "builtin",
+        "scibench_source": "builtin",
+        "mathcodeinstruct_samples": 0,
+        "scibench_upsample": 1,
+        "max_steps": 12,
+        "save_steps": 4,
+        "logging_steps": 1,
+        "eval_steps": 6,
+        "max_seq_len": 512,
+        "learning_rate": 3e-3,
+        "quant": "none",
+        "gradient_checkpointing": "false",
+        "eval_samples": 6,
+        "eval_scibench_samples": 4,
+        "eval_max_new_tokens": 48,
+        "disk_budget_gb": 2.0,
+        "disk_free_floor_gb": 0.2,
+    },
+}
+
+
+class SettingsError(Exception):
+    """Every problem found in the settings, each with its fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Settings(BaseSettings):
+    """Every knob of a run. Field descriptions double as the docs of `.env.example`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        frozen=True,
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    # --- job -------------------------------------------------------------------------------------
+    preset: Literal["full", "smoke"] = Field(
+        "full", description="full = the real recipe; smoke = embedded tiny model and samples, CPU, minutes"
+    )
+    output: str = Field(
+        "",
+        description="where results go: hf://owner/name[@revision], s3://bucket/prefix, a path or file:// URI "
+        "(empty: runs/<run id>)",
+    )
+    work_dir: Path = Field(
+        Path("work"), description="the one directory the job writes (caches, data, checkpoints, outputs)"
+    )
+    run_id: str = Field("", description="run name; empty: derived from the settings and data (resume key)")
+    disk_budget_gb: float = Field(16.0, gt=0, description="the whole job's disk budget in GB (work dir)")
+    disk_free_floor_gb: float = Field(
+        2.0, ge=0, description="free space (GB) always kept on the work dir's filesystem"
+    )
+    stop_instance: Literal["auto", "destroy", "stop", "none"] = Field(
+        "auto",
+        description="after publishing on Vast: destroy, stop, none; auto = destroy after a verified publish, "
+        "stop after a failed one",
+    )
+    hf_private: bool = Field(True, description="create the Hub repo private")
+    push_checkpoint_every: int = Field(
+        1, ge=0, description="push last-checkpoint/ to the destination every N saves (0: never)"
+    )
+    num_processes: int = Field(0, ge=0, description="training processes (GPUs); 0: one per visible GPU")
+    gguf: str = Field("", description="comma-separated GGUF types to export, e.g. f16,q8_0 (empty: none)")
+    gpu_hourly_usd: float = Field(0.0, ge=0, description="$/hour of the machine, for the plan's cost line")
+
+    # --- model and recipe -------------------------------------------------------------------------
+    base_model: str = Field(BASE_MODEL_ID, description="Hub id or local path of the base model ('tiny': embedded)")
+    base_revision: str = Field(BASE_MODEL_REVISION, description="pinned Hub revision of the base model")
+    quant: Literal["auto", "nf4", "none"] = Field(
+        "auto", description="auto = bf16 base where GPU memory allows, else 4-bit NF4; nf4 / none force it"
+    )
+    epochs: float = Field(3.0, gt=0, description="training epochs (ignored when R1FT_MAX_STEPS is set)")
+    max_steps: int = Field(0, ge=0, description="optimizer steps; overrides epochs when > 0")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="peak learning rate")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="warm-up as a fraction of the steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    global_batch: int = Field(16, gt=0, description="sequences per optimizer step, all GPUs together")
+    batch_size: int = Field(0, ge=0, description="per-device micro-batch (0: derived from global batch)")
+    grad_accum: int = Field(0, ge=0, description="gradient accumulation steps (0: derived from global batch)")
+    max_seq_len: int = Field(2048, ge=64, description="longest training sequence in tokens")
+    lora_r: int = Field(16, gt=0, description="LoRA rank")
+    lora_alpha: int = Field(32, gt=0, description="LoRA alpha")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    lora_targets: str = Field("all-linear", description="LoRA target modules (comma list or all-linear)")
+    optim: str = Field("auto", description="optimizer (auto: paged_adamw_8bit for nf4, adamw_torch_fused else)")
+    gradient_checkpointing: Literal["auto", "true", "false"] = Field(
+        "auto", description="auto = only when the plan says memory needs it"
+    )
+    attn_implementation: Literal["auto", "flex_attention", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="attention kernel (auto: flex_attention on GPU, sdpa on CPU)"
+    )
+    padding_free: bool = Field(True, description="pack each micro-batch without pad tokens")
+    liger: Literal["auto", "true", "false"] = Field("auto", description="Liger fused kernels (auto: on GPU if installed)")
+    torch_compile: bool = Field(False, description="torch.compile the model")
+    seed: int = Field(42, description="seed for data order, split and initialisation")
+    save_steps: int = Field(200, gt=0, description="save a checkpoint every N optimizer steps")
+    save_total_limit: int = Field(3, gt=0, description="checkpoints kept on disk")
+    logging_steps: int = Field(10, gt=0, description="log every N optimizer steps")
+    eval_steps: int = Field(200, gt=0, description="evaluate eval loss every N optimizer steps")
+
+    # --- data -------------------------------------------------------------------------------------
+    mathcodeinstruct_source: str = Field(
+        "MathLLMs/MathCodeInstruct", description="Hub dataset id, local file/glob/dir, builtin, or none"
+    )
+    scibench_source: str = Field("xw27/scibench", description="Hub dataset id, local file/glob/dir, builtin, or none")
+    mathcodeinstruct_samples: int = Field(
+        24_700, ge=0, description="MathCodeInstruct examples to draw (0: all available)"
+    )
+    scibench_upsample: int = Field(3, ge=1, description="times each SciBench worked solution is repeated in train")
+    eval_fraction: float = Field(0.1, gt=0, lt=0.5, description="fraction of examples held out for eval loss")
+    max_bad_fraction: float = Field(0.01, ge=0, le=1, description="stop if more than this fraction of a source is bad")
+    length_policy: Literal["drop", "truncate"] = Field(
+        "drop", description="examples longer than max_seq_len: drop or truncate"
+    )
+
+    # --- evaluation -------------------------------------------------------------------------------
+    eval_samples: int = Field(200, ge=0, description="held-out eval examples scored by generation (0: skip)")
+    eval_scibench_samples: int = Field(200, ge=0, description="SciBench test problems scored (0: skip)")
+    eval_max_new_tokens: int = Field(2048, gt=0, description="generation length for scoring")
+    eval_batch_size: int = Field(64, gt=0, description="generation batch size")
+    eval_time_budget_s: int = Field(1200, gt=0, description="time budget for the generation evaluation")
+
+    # --- secrets and the platform's variables (standard names, no prefix) --------------------------
+    hf_token: SecretStr | None = Field(None, validation_alias=AliasChoices("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"))
+    aws_access_key_id: str | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
+    aws_session_token: SecretStr | None = Field(None, validation_alias="AWS_SESSION_TOKEN")
+    aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_DEFAULT_REGION", "AWS_REGION"))
+    aws_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"))
+    container_id: str | None = Field(None, validation_alias="CONTAINER_ID")
+    container_api_key: SecretStr | None = Field(None, validation_alias="CONTAINER_API_KEY")
+    vast_url: str | None = Field(None, validation_alias="VAST_URL")
+
+    @field_validator("gguf")
+    @classmethod
+    def _gguf_types(cls, v: str) -> str:
+        from r1ft.gguf_types import SUPPORTED_GGUF_TYPES
+
+        types = [t.strip().lower() for t in v.split(",") if t.strip()]
+        bad = [t for t in types if t not in SUPPORTED_GGUF_TYPES]
+        if bad:
+            raise ValueError(f"unknown GGUF type(s) {bad}; choose from {sorted(SUPPORTED_GGUF_TYPES)}")
+        return ",".join(types)
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_chars(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' (at most 96, starting with a letter or digit)")
+        return v
+
+    # --- derived values ---------------------------------------------------------------------------
+    @property
+    def is_tiny(self) -> bool:
+        return self.base_model == TINY_MODEL
+
+    @property
+    def gguf_types(self) -> list[str]:
+        return [t for t in self.gguf.split(",") if t]
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as JSON-safe data, secrets left out (only whether they are set)."""
+        data = self.model_dump(mode="json", exclude=set(SECRET_FIELDS))
+        data["secrets_set"] = sorted(name for name in SECRET_FIELDS if getattr(self, name) is not None)
+        return data
+
+    def resolved_run_id(self, data_fingerprint: str = "") -> str:
+        """The run id: the user's, else a hash of the settings that shape training and the data."""
+        if self.run_id:
+            return self.run_id
+        shaping = {k: v for k, v in self.public_dict().items() if k in RUN_SHAPING_FIELDS}
+        digest = hashlib.sha256(json.dumps([shaping, data_fingerprint], sort_keys=True).encode()).hexdigest()
+        return f"r1ft-{self.preset}-{digest[:10]}"
+
+
+SECRET_FIELDS = ("hf_token", "aws_secret_access_key", "aws_session_token", "container_api_key")
+# Settings whose change makes a different training run (the resume key is derived from these).
+RUN_SHAPING_FIELDS = {
+    "preset", "base_model", "base_revision", "quant", "epochs", "max_steps", "learning_rate", "lr_scheduler",
+    "warmup_ratio", "weight_decay", "global_batch", "max_seq_len", "lora_r", "lora_alpha", "lora_dropout",
+    "lora_targets", "seed", "mathcodeinstruct_source", "scibench_source", "mathcodeinstruct_samples",
+    "scibench_upsample", "eval_fraction", "length_policy",
+}  # fmt: skip
+
+
+def _field_env_names() -> dict[str, str]:
+    """Env var name -> field name, for every prefixed field."""
+    return {f"{PREFIX}{name.upper()}": name for name in Settings.model_fields if name not in _ALIASED}
+
+
+_ALIASED = {
+    "hf_token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_region",
+    "aws_endpoint_url", "container_id", "container_api_key", "vast_url",
+}  # fmt: skip
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The `.env` file's variables (python-dotenv's parser)."""
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def unknown_names(env: dict[str, str]) -> list[str]:
+    """A problem line for every `R1FT_*` name that is not a setting, with the closest valid name."""
+    known = _field_env_names()
+    problems = []
+    for name in sorted(env):
+        upper = name.upper()
+        if upper.startswith(PREFIX) and upper not in known:
+            close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "see .env.example for the valid names"
+            problems.append(f"{name}: unknown setting; {hint}")
+    return problems
+
+
+def _preset_name(env: dict[str, str]) -> str:
+    for k, v in env.items():
+        if k.upper() == f"{PREFIX}PRESET":
+            return v.strip().lower()
+    return "full"
+
+
+def _field_problems(err: ValidationError) -> list[str]:
+    env_names = {v: k for k, v in _field_env_names().items()}
+    lines = []
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else "?"
+        name = env_names.get(field, field.upper())
+        value = e.get("input")
+        shown = "" if field in SECRET_FIELDS or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"{name}: {e['msg']}{shown}")
+    return lines
+
+
+def cross_checks(s: Settings) -> list[str]:
+    """Problems that involve several settings, each with its fix."""
+    problems = []
+    out = s.output.strip()
+    if out.startswith("hf://"):
+        repo = out[5:].split("@")[0]
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+            problems.append(f"R1FT_OUTPUT: {out!r} is not hf://owner/name[@revision]")
+        if s.hf_token is None:
+            problems.append("R1FT_OUTPUT is a Hub repo but HF_TOKEN is not set: set HF_TOKEN to a write token")
+    elif out.startswith("s3://"):
+        if not out[5:].split("/")[0]:
+            problems.append(f"R1FT_OUTPUT: {out!r} has no bucket; use s3://bucket/prefix")
+        if not s.aws_access_key_id or s.aws_secret_access_key is None:
+            problems.append(
+                "R1FT_OUTPUT is S3 but AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not both set: set them "
+                "(and AWS_ENDPOINT_URL for R2, MinIO, Backblaze...)"
+            )
+    elif re.match(r"^[a-z][a-z0-9+.-]*://", out) and not out.startswith("file://"):
+        problems.append(f"R1FT_OUTPUT: unknown scheme in {out!r}; use hf://, s3://, file:// or a path")
+    if s.batch_size and s.grad_accum and s.num_processes:
+        product = s.batch_size * s.grad_accum * s.num_processes
+        if product != s.global_batch and "global_batch" in s.model_fields_set:
+            problems.append(
+                f"R1FT_BATCH_SIZE x R1FT_GRAD_ACCUM x R1FT_NUM_PROCESSES = {product} but R1FT_GLOBAL_BATCH = "
+                f"{s.global_batch}: set only two of them"
+            )
+    if s.is_tiny and s.quant == "nf4":
+        problems.append("R1FT_QUANT=nf4 needs a CUDA GPU and a real base model; the tiny model trains in bf16/fp32")
+    if s.save_total_limit < 1:
+        problems.append("R1FT_SAVE_TOTAL_LIMIT must keep at least one checkpoint")
+    if s.lora_alpha <= 0:
+        problems.append("R1FT_LORA_ALPHA must be positive")
+    return problems
+
+
+def load_settings(environ: dict[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
+    """Parse and validate every setting at once; raise SettingsError listing every problem with its fix."""
+    env = dict(os.environ if environ is None else environ)
+    if env_file is not None and env_file.is_file():
+        env = {**read_env_file(env_file), **env}  # the process environment wins over the file
+    problems = unknown_names(env)
+    preset = _preset_name(env)
+    defaults = PRESETS.get(preset, {})
+    explicit = {f"{PREFIX}{k.upper()}" for k in defaults} & {k.upper() for k in env}
+    init = {k: v for k, v in defaults.items() if f"{PREFIX}{k.upper()}" not in explicit}
+    settings = None
+    try:
+        settings = _build(env, init)
+    except ValidationError as err:
+        problems += _field_problems(err)
+    if settings is not None:
+        problems += cross_checks(settings)
+    elif any(k.upper() == "R1FT_OUTPUT" for k in env):
+        # Still report the destination's own problems when other fields failed.
+        partial = _build_partial(env, init)
+        if partial is not None:
+            problems += cross_checks(partial)
+    if problems:
+        raise SettingsError(problems)
+    assert settings is not None
+    return settings
+
+
+def _build(env: dict[str, str], init: dict[str, Any]) -> Settings:
+    """Settings from an explicit env mapping (not os.environ), preset values as lowest-priority init."""
+    normalized = {k.upper(): v for k, v in env.items()}
+    values: dict[str, Any] = dict(init)
+    known = _field_env_names()
+    for env_name, field in known.items():
+        if env_name in normalized:
+            values[field] = normalized[env_name]
+    for field in _ALIASED:
+        alias = Settings.model_fields[field].validation_alias
+        names = alias.choices if isinstance(alias, AliasChoices) else [alias]
+        for n in names:
+            if isinstance(n, str) and n in normalized and normalized[n] != "":
+                values[field] = normalized[n]
+                break
+    return Settings.model_validate(values)
+
+
+def _build_partial(env: dict[str, str], init: dict[str, Any]) -> Settings | None:
+    """Settings with the invalid fields left at their defaults, for the cross-field checks."""
+    normalized = {k.upper(): v for k, v in env.items()}
+    keep = {k: v for k, v in normalized.items() if not k.startswith(PREFIX) or k == f"{PREFIX}OUTPUT"}
+    try:
+        return _build(keep, init)
+    except ValidationError:
+        return None
