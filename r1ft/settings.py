@@ -99,7 +99,9 @@ class Settings(BaseSettings):
     gpu_hourly_usd: float = Field(0.0, ge=0, description="$/hour of the machine, for the plan's cost line")
 
     # --- model and recipe -------------------------------------------------------------------------
-    base_model: str = Field(BASE_MODEL_ID, description="Hub id or local path of the base model ('tiny': embedded)")
+    base_model: str = Field(
+        BASE_MODEL_ID, description="Hub id or local path of the base model ('tiny': embedded)"
+    )
     base_revision: str = Field(BASE_MODEL_REVISION, description="pinned Hub revision of the base model")
     quant: Literal["auto", "nf4", "none"] = Field(
         "auto", description="auto = bf16 base where GPU memory allows, else 4-bit NF4; nf4 / none force it"
@@ -118,7 +120,9 @@ class Settings(BaseSettings):
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     lora_targets: str = Field("all-linear", description="LoRA target modules (comma list or all-linear)")
-    optim: str = Field("auto", description="optimizer (auto: paged_adamw_8bit for nf4, adamw_torch_fused else)")
+    optim: str = Field(
+        "auto", description="optimizer (auto: paged_adamw_8bit for nf4, adamw_torch_fused else)"
+    )
     gradient_checkpointing: Literal["auto", "true", "false"] = Field(
         "auto", description="auto = only when the plan says memory needs it"
     )
@@ -126,7 +130,9 @@ class Settings(BaseSettings):
         "auto", description="attention kernel (auto: flex_attention on GPU, sdpa on CPU)"
     )
     padding_free: bool = Field(True, description="pack each micro-batch without pad tokens")
-    liger: Literal["auto", "true", "false"] = Field("auto", description="Liger fused kernels (auto: on GPU if installed)")
+    liger: Literal["auto", "true", "false"] = Field(
+        "auto", description="Liger fused kernels (auto: on GPU if installed)"
+    )
     torch_compile: bool = Field(False, description="torch.compile the model")
     seed: int = Field(42, description="seed for data order, split and initialisation")
     save_steps: int = Field(200, gt=0, description="save a checkpoint every N optimizer steps")
@@ -138,13 +144,19 @@ class Settings(BaseSettings):
     mathcodeinstruct_source: str = Field(
         "MathLLMs/MathCodeInstruct", description="Hub dataset id, local file/glob/dir, builtin, or none"
     )
-    scibench_source: str = Field("xw27/scibench", description="Hub dataset id, local file/glob/dir, builtin, or none")
+    scibench_source: str = Field(
+        "xw27/scibench", description="Hub dataset id, local file/glob/dir, builtin, or none"
+    )
     mathcodeinstruct_samples: int = Field(
         24_700, ge=0, description="MathCodeInstruct examples to draw (0: all available)"
     )
-    scibench_upsample: int = Field(3, ge=1, description="times each SciBench worked solution is repeated in train")
+    scibench_upsample: int = Field(
+        3, ge=1, description="times each SciBench worked solution is repeated in train"
+    )
     eval_fraction: float = Field(0.1, gt=0, lt=0.5, description="fraction of examples held out for eval loss")
-    max_bad_fraction: float = Field(0.01, ge=0, le=1, description="stop if more than this fraction of a source is bad")
+    max_bad_fraction: float = Field(
+        0.01, ge=0, le=1, description="stop if more than this fraction of a source is bad"
+    )
     length_policy: Literal["drop", "truncate"] = Field(
         "drop", description="examples longer than max_seq_len: drop or truncate"
     )
@@ -157,15 +169,26 @@ class Settings(BaseSettings):
     eval_time_budget_s: int = Field(1200, gt=0, description="time budget for the generation evaluation")
 
     # --- secrets and the platform's variables (standard names, no prefix) --------------------------
-    hf_token: SecretStr | None = Field(None, validation_alias=AliasChoices("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"))
+    hf_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+    )
     aws_access_key_id: str | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
     aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
     aws_session_token: SecretStr | None = Field(None, validation_alias="AWS_SESSION_TOKEN")
     aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_DEFAULT_REGION", "AWS_REGION"))
-    aws_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"))
+    aws_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    )
     container_id: str | None = Field(None, validation_alias="CONTAINER_ID")
     container_api_key: SecretStr | None = Field(None, validation_alias="CONTAINER_API_KEY")
     vast_url: str | None = Field(None, validation_alias="VAST_URL")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):  # fmt: skip
+        # load_settings() hands over the one environment mapping (process env over .env file) explicitly,
+        # so tests and the CLI parse exactly what they pass; nothing else is read behind their back.
+        return (init_settings,)
 
     @field_validator("gguf")
     @classmethod
@@ -182,7 +205,9 @@ class Settings(BaseSettings):
     @classmethod
     def _run_id_chars(cls, v: str) -> str:
         if v and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", v):
-            raise ValueError("use letters, digits, '.', '_' and '-' (at most 96, starting with a letter or digit)")
+            raise ValueError(
+                "use letters, digits, '.', '_' and '-' (at most 96, starting with a letter or digit)"
+            )
         return v
 
     # --- derived values ---------------------------------------------------------------------------
@@ -265,7 +290,9 @@ def _field_problems(err: ValidationError) -> list[str]:
         name = env_names.get(field, field.upper())
         value = e.get("input")
         shown = "" if field in SECRET_FIELDS or isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"{name}: {e['msg']}{shown}")
+        info = Settings.model_fields.get(field)
+        what = f"; it is {info.description}" if info is not None and info.description else ""
+        lines.append(f"{name}: {e['msg']}{shown}{what}")
     return lines
 
 
@@ -278,7 +305,9 @@ def cross_checks(s: Settings) -> list[str]:
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
             problems.append(f"R1FT_OUTPUT: {out!r} is not hf://owner/name[@revision]")
         if s.hf_token is None:
-            problems.append("R1FT_OUTPUT is a Hub repo but HF_TOKEN is not set: set HF_TOKEN to a write token")
+            problems.append(
+                "R1FT_OUTPUT is a Hub repo but HF_TOKEN is not set: set HF_TOKEN to a write token"
+            )
     elif out.startswith("s3://"):
         if not out[5:].split("/")[0]:
             problems.append(f"R1FT_OUTPUT: {out!r} has no bucket; use s3://bucket/prefix")
@@ -297,7 +326,9 @@ def cross_checks(s: Settings) -> list[str]:
                 f"{s.global_batch}: set only two of them"
             )
     if s.is_tiny and s.quant == "nf4":
-        problems.append("R1FT_QUANT=nf4 needs a CUDA GPU and a real base model; the tiny model trains in bf16/fp32")
+        problems.append(
+            "R1FT_QUANT=nf4 needs a CUDA GPU and a real base model; the tiny model trains in bf16/fp32"
+        )
     if s.save_total_limit < 1:
         problems.append("R1FT_SAVE_TOTAL_LIMIT must keep at least one checkpoint")
     if s.lora_alpha <= 0:

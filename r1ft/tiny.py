@@ -20,8 +20,15 @@ EOT = "<｜EOT｜>"
 THINK = "<think>"
 END_THINK = "</think>"
 # The real ids run 151643..151649 in this order; the tiny vocabulary keeps the order.
-ADDED_TOKENS = [(EOS, True), (USER, False), (ASSISTANT, False), (BOS, True), (EOT, False), (THINK, False),
-                (END_THINK, False)]  # fmt: skip
+ADDED_TOKENS = [
+    (EOS, True),
+    (USER, False),
+    (ASSISTANT, False),
+    (BOS, True),
+    (EOT, False),
+    (THINK, False),
+    (END_THINK, False),
+]
 
 TINY_VOCAB = 1024
 TINY_SHAPE = {
@@ -114,9 +121,13 @@ def build_tiny_base(dest: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).to(torch.float32)
     model.generation_config = GenerationConfig(
-        bos_token_id=ids[BOS], eos_token_id=ids[EOS], pad_token_id=ids[EOS],
-        do_sample=True, temperature=0.6, top_p=0.95,
-    )  # fmt: skip
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[EOS],
+        pad_token_id=ids[EOS],
+        do_sample=True,
+        temperature=0.6,
+        top_p=0.95,
+    )
     tmp = dest.with_name(dest.name + ".partial")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

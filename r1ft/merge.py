@@ -1,0 +1,119 @@
+"""Merge the LoRA adapter into a bf16 base, write it as safetensors shards, and check it.
+
+Never merge into a 4-bit model (PEFT would re-quantize the sum: rounding loss). For a bf16-trained
+adapter the base is loaded in bf16 (route A); for an NF4-trained adapter the base is loaded with the same
+quantization and dequantized before merging (route B), which matches exactly what the adapter saw.
+Shards are written one at a time; an `on_shard` hook lets the caller publish and delete each one so the
+merged model never has to sit whole on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHECK_PROMPTS = [
+    "Solve for x: 3x + 5 = 20",
+    "What is the derivative of f(x) = x^3 + 2x^2 - 5x + 3?",
+    "Calculate the force required to accelerate a 10 kg object at 5 m/s^2.",
+]
+
+
+def load_base_for_merge(base: str | Path, revision: str | None, quant: str, device: str, dtype=None):
+    """The base model, unquantized, in `dtype` (bf16 by default)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = dtype or torch.bfloat16
+    kwargs = {"dtype": dtype}
+    if revision and not Path(str(base)).exists():
+        kwargs["revision"] = revision
+    if quant == "nf4" and device == "cuda":
+        from r1ft.train import bnb_config
+
+        kwargs["quantization_config"] = bnb_config(None)  # type: ignore[arg-type]
+        kwargs["device_map"] = {"": 0}
+        model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+        model = model.dequantize()  # route B: exactly the weights the adapter was trained against
+        return model.to(dtype)
+    if device == "cuda":
+        kwargs["device_map"] = {"": 0}
+    return AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+
+
+def merge_adapter(base_model, adapter_dir: Path):
+    """Attach the adapter to an unquantized base and fold it in; returns the plain merged model."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(base_model, str(adapter_dir))
+    return peft_model.merge_and_unload()
+
+
+def save_sharded(
+    model,
+    tokenizer,
+    out_dir: Path,
+    max_shard_size: str | int = "2GB",
+    on_shard: Callable[[Path], None] | None = None,
+) -> dict:
+    """Write the model as safetensors shards (+ index when several), config, generation config, tokenizer.
+
+    Each shard is written, handed to `on_shard` (which may publish and delete it), then the next is made.
+    Returns {"shards": [...], "total_bytes": N}.
+    """
+    import torch
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v for k, v in model.state_dict().items()}
+    split = split_torch_state_dict_into_shards(
+        state, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size
+    )
+    total = 0
+    for filename, names in split.filename_to_tensors.items():
+        tensors = {n: state[n].detach().to("cpu").contiguous() for n in names}
+        tmp = out_dir / (filename + ".partial")
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        path = out_dir / filename
+        tmp.replace(path)
+        total += path.stat().st_size
+        del tensors
+        if on_shard is not None:
+            on_shard(path)
+    if split.is_sharded:
+        index = {
+            "metadata": {"total_size": split.metadata.get("total_size", total)},
+            "weight_map": split.tensor_to_filename,
+        }
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    model.config.dtype = str(next(iter(state.values())).dtype).replace("torch.", "")
+    model.config.use_cache = True
+    model.config.save_pretrained(str(out_dir))
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    del state
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {"shards": list(split.filename_to_tensors), "total_bytes": total}
+
+
+def max_logit_diff(model_a, model_b, tokenizer, prompts: list[str] = CHECK_PROMPTS) -> float:
+    """Largest absolute difference between two models' logits on the check prompts."""
+    import torch
+
+    from r1ft.chat import prompt_ids, user_message
+
+    worst = 0.0
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([prompt_ids(tokenizer, user_message(p))])
+            la = model_a(input_ids=ids.to(model_a.device)).logits.float().cpu()
+            lb = model_b(input_ids=ids.to(model_b.device)).logits.float().cpu()
+            worst = max(worst, (la - lb).abs().max().item())
+    return worst

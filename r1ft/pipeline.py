@@ -1,0 +1,113 @@
+"""The job, end to end. Reads like a table of contents: each step is a named function in its own module.
+
+settings -> banner -> plan -> data -> train (under the disk watchdog) -> merge -> evaluate -> GGUF ->
+report -> publish -> stop the instance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from r1ft.settings import Settings
+
+log = logging.getLogger("r1ft")
+
+EXIT_OK, EXIT_SETTINGS, EXIT_PUBLISH, EXIT_DISK = 0, 2, 3, 4
+
+
+class JobError(Exception):
+    """A failure with the exit code it maps to and a message that says what to do."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Job:
+    """What the steps share: paths, decisions and the growing report."""
+
+    settings: Settings
+    run_id: str
+    run_dir: Path
+    base: Path | str = ""
+    pusher: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def step(self, name: str):
+        return _Timer(self, name)
+
+
+class _Timer:
+    def __init__(self, job: Job, name: str):
+        self.job, self.name = job, name
+
+    def __enter__(self):
+        log.info("== %s", self.name)
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.job.timings[self.name] = round(time.perf_counter() - self.t0, 2)
+
+
+def run_job(settings: Settings) -> int:
+    """The whole job; returns the process exit code."""
+    from r1ft import banner, data, stages
+    from r1ft.logs import attach_file_log
+    from r1ft.signals import StopFlag
+
+    stop = StopFlag().install()
+    run_id = settings.resolved_run_id(data.data_fingerprint(settings))
+    job = Job(settings, run_id, Path(settings.work_dir).resolve() / "runs" / run_id)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    attach_file_log(job.run_dir / "job.log")
+    env = banner.environment(Path(settings.work_dir))
+    log.info(banner.render(env))
+    job.report.update(run_id=run_id, environment=env, settings=settings.public_dict())
+    try:
+        hw, plan = stages.plan_job(job)
+        with stages.disk_watchdog(job, plan) as watchdog:
+            job.base = stages.fetch_base_model(job)
+            tokenizer = stages.load_tokenizer(job)
+            prepared = stages.prepare_data(job, tokenizer)
+            result = stages.train(job, tokenizer, prepared, hw, plan, watchdog, stop)
+            if stop.reason:
+                return stages.finish_interrupted(job, stop, watchdog)
+            merged = stages.merge(job, tokenizer, hw, plan)
+            stages.evaluate(job, prepared, merged)
+            stages.export_gguf(job, merged, plan)
+            stages.write_report(job, prepared, result, watchdog)
+        published = stages.publish(job)
+        return stages.stop_instance(job, published)
+    except JobError as e:
+        log.error("%s", e)
+        job.report["error"] = str(e)
+        stages.save_report(job)
+        stages.stop_instance(job, published_ok=False)
+        return e.exit_code
+    finally:
+        stop.uninstall()
+
+
+def summary_lines(job: Job, location: str) -> list[str]:
+    lines = [f"run {job.run_id}: outputs in {job.run_dir}"]
+    if location:
+        lines.append(f"published to {location}")
+    for name in ("adapter", "merged", "logs", "eval", "gguf"):
+        p = job.run_dir / name
+        if p.exists():
+            lines.append(f"  {name + '/':<9} {p}")
+    lines.append(f"  report   {job.run_dir / 'report.json'}")
+    return lines
+
+
+def dump_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)

@@ -1,0 +1,263 @@
+"""The plan printed before any download or GPU minute: disk item by item against the budget and the real
+free space, VRAM, training time and cost. Pure arithmetic over the settings and the model's config.
+
+VRAM and speed coefficients come from measurements of the full-size model (docs/performance.md, gpu.md):
+bf16 weights 2 bytes/param, NF4 about 0.56 bytes/param, activations per token in a micro-batch about
+3.75 MB without gradient checkpointing and 0.31 MB with it (Qwen2-1.5B, LoRA r=16, all linear layers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from r1ft.settings import Settings
+
+GB = 1e9
+MEAN_TOKENS_PER_EXAMPLE = 470  # the MathCodeInstruct-format sample's mean, R1 rendering
+ACT_MB_PER_TOKEN = {False: 3.75, True: 0.31}  # by gradient checkpointing
+# Measured tokens/s on one H100 (see the performance page); other GPUs scale by dense bf16 throughput.
+H100_TOKENS_PER_S = {
+    ("none", False): 20_000,
+    ("none", True): 12_300,
+    ("nf4", False): 11_000,
+    ("nf4", True): 8_300,
+}
+GPU_REL_SPEED = {
+    "H200": 1.1,
+    "H100": 1.0,
+    "A100": 0.45,
+    "L40S": 0.5,
+    "RTX 6000 Ada": 0.45,
+    "RTX 4090": 0.4,
+    "RTX 3090": 0.18,
+    "A6000": 0.2,
+    "L4": 0.15,
+    "A10": 0.17,
+}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    params: int
+    lora_params: int
+    vocab: int
+    hidden: int
+    layers: int
+
+
+@dataclass
+class DiskItem:
+    name: str
+    gb: float
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    disk_items: list[DiskItem]
+    disk_peak_gb: float
+    disk_budget_gb: float
+    free_gb: float
+    fits: bool
+    adaptations: list[str] = field(default_factory=list)
+    keep_checkpoints: int = 3
+    stream_merged: bool = False
+    quant: str = "none"
+    checkpointing: bool = False
+    vram_peak_gb: float = 0.0
+    min_gpu_ram_gb: float = 0.0
+    train_tokens: int = 0
+    train_hours: float = 0.0
+    cost_usd: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def recommended_disk_gb(self) -> int:
+        return math.ceil(max(self.disk_peak_gb * 1.25, self.disk_budget_gb) + 4)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["recommended_disk_gb"] = self.recommended_disk_gb
+        return json.dumps(data, indent=2)
+
+
+def model_shape(config: dict, lora_r: int) -> ModelShape:
+    """Parameter counts from a Qwen2 config dict (no torch)."""
+    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = config.get("head_dim") or h // heads
+    vocab = config["vocab_size"]
+    q, kvd = heads * head_dim, kv * head_dim
+    attn = h * q + q + 2 * (h * kvd + kvd) + q * h
+    mlp = 3 * h * inter
+    per_layer = attn + mlp + 2 * h
+    params = layers * per_layer + 2 * vocab * h + h
+    lora = layers * lora_r * ((h + q) + 2 * (h + kvd) + (q + h) + 3 * (h + inter))
+    return ModelShape(params=params, lora_params=lora, vocab=vocab, hidden=h, layers=layers)
+
+
+def checkpoint_gb(shape: ModelShape, quant: str) -> float:
+    """A Trainer checkpoint: fp32 adapter + optimizer state (AdamW 2x fp32, or 8-bit 2x 1 byte) + small files."""
+    optim_bytes = 2 if quant == "nf4" else 8
+    return (shape.lora_params * (4 + optim_bytes) + 2e6) / GB
+
+
+def vram_peak_gb(shape: ModelShape, quant: str, checkpointing: bool, micro_batch_tokens: int) -> float:
+    weights = shape.params * (0.56 if quant == "nf4" else 2.0)
+    lora_state = shape.lora_params * 16  # fp32 weights, grads, two Adam moments
+    acts = micro_batch_tokens * ACT_MB_PER_TOKEN[checkpointing] * 1e6
+    return (weights + lora_state + acts) / GB + 1.5  # CUDA context, allocator slack
+
+
+def gpu_speed(gpu_name: str) -> float:
+    for key, rel in GPU_REL_SPEED.items():
+        if key.lower() in gpu_name.lower():
+            return rel
+    return 0.4 if gpu_name else 1.0
+
+
+def make_plan(
+    settings: Settings,
+    config: dict,
+    free_gb: float,
+    gpu_name: str = "",
+    gpu_mem_gb: float = 0.0,
+    train_tokens: int | None = None,
+    base_on_disk_outside_work: bool = False,
+    gguf_bytes: dict[str, int] | None = None,
+) -> Plan:
+    """The whole job's disk, VRAM, time and cost plan; adapts keep count and streaming to fit the budget."""
+    shape = model_shape(config, settings.lora_r)
+    micro_tokens = (settings.batch_size or settings.global_batch) * settings.max_seq_len
+    bf16_ckpt = vram_peak_gb(shape, "none", True, micro_tokens)
+    if settings.quant != "auto":
+        quant = settings.quant
+    elif not gpu_mem_gb:
+        quant = "none"
+    else:
+        quant = "none" if bf16_ckpt <= 0.85 * gpu_mem_gb else "nf4"
+    no_ckpt = vram_peak_gb(shape, quant, False, micro_tokens)
+    if settings.gradient_checkpointing == "auto":
+        checkpointing = bool(gpu_mem_gb) and no_ckpt > 0.85 * gpu_mem_gb
+    else:
+        checkpointing = settings.gradient_checkpointing == "true"
+    vram = vram_peak_gb(shape, quant, checkpointing, micro_tokens)
+
+    base_gb = 0.0 if base_on_disk_outside_work else shape.params * 2 / GB
+    merged_gb = shape.params * 2 / GB
+    ckpt = checkpoint_gb(shape, quant)
+    examples = settings.mathcodeinstruct_samples or 80_000
+    tokens = train_tokens or int(examples * MEAN_TOKENS_PER_EXAMPLE * (1 - settings.eval_fraction))
+    data_gb = (
+        0.2 + (0.19 if settings.mathcodeinstruct_source.startswith("MathLLMs/") else 0) + tokens * 10 / GB
+    )
+    gguf = max((gguf_bytes or {}).values(), default=0) / GB
+    keep = settings.save_total_limit
+    margin = 0.5 + 0.03 * settings.disk_budget_gb
+
+    def peak(keep_n: int, stream: bool) -> tuple[list[DiskItem], float]:
+        items = [
+            DiskItem(
+                "base model (Hub cache)", base_gb, "already on disk" if base_on_disk_outside_work else ""
+            ),
+            DiskItem("datasets + prepared data", data_gb),
+            DiskItem(f"checkpoints ({keep_n} kept + 1 being written)", (keep_n + 1) * ckpt),
+            DiskItem("adapter", shape.lora_params * 4 / GB),
+            DiskItem(
+                "merged bf16 model",
+                min(merged_gb, 2.0) if stream else merged_gb,
+                "written, published and deleted one 2 GB shard at a time" if stream else "",
+            ),
+            DiskItem("GGUF (one file at a time)", gguf),
+            DiskItem("logs, report, eval", 0.05),
+            DiskItem("margin", margin),
+        ]
+        return items, sum(i.gb for i in items)
+
+    adaptations: list[str] = []
+    items, total = peak(keep, False)
+    stream = False
+    if total > settings.disk_budget_gb:
+        stream = True
+        items, total = peak(keep, True)
+        adaptations.append("merged model streamed shard by shard to the destination")
+    while total > settings.disk_budget_gb and keep > 1:
+        keep -= 1
+        items, total = peak(keep, stream)
+        adaptations.append(f"keep {keep} checkpoint(s) instead of {settings.save_total_limit}")
+    problems = []
+    if total > settings.disk_budget_gb:
+        problems.append(
+            f"the job needs about {total:.1f} GB but R1FT_DISK_BUDGET_GB is {settings.disk_budget_gb:g}: "
+            f"raise the budget (and the instance disk) to at least {math.ceil(total)} GB"
+        )
+    if total + settings.disk_free_floor_gb > free_gb + 1e-9:
+        problems.append(
+            f"the work dir's filesystem has {free_gb:.1f} GB free; the job needs {total:.1f} GB plus the "
+            f"{settings.disk_free_floor_gb:g} GB floor: free space or rent a larger disk"
+        )
+    epochs = settings.epochs if not settings.max_steps else None
+    if epochs is not None:
+        total_tokens = tokens * epochs
+    else:
+        total_tokens = settings.max_steps * settings.global_batch * MEAN_TOKENS_PER_EXAMPLE
+    rate = H100_TOKENS_PER_S[(quant, checkpointing)] * gpu_speed(gpu_name)
+    hours = total_tokens / rate / 3600
+    return Plan(
+        disk_items=items,
+        disk_peak_gb=round(total, 2),
+        disk_budget_gb=settings.disk_budget_gb,
+        free_gb=round(free_gb, 1),
+        fits=not problems,
+        adaptations=adaptations,
+        keep_checkpoints=keep,
+        stream_merged=stream,
+        quant=quant,
+        checkpointing=checkpointing,
+        vram_peak_gb=round(vram, 1),
+        min_gpu_ram_gb=round(vram_peak_gb(shape, "nf4", True, micro_tokens), 1),
+        train_tokens=int(total_tokens),
+        train_hours=round(hours, 2),
+        cost_usd=round(hours * settings.gpu_hourly_usd, 2),
+        problems=problems,
+    )
+
+
+def render_plan(plan: Plan, gpu_name: str = "") -> str:
+    """The plan as the human-readable table printed at start."""
+    lines = ["Plan", "  disk (work dir):"]
+    for item in plan.disk_items:
+        note = f"  ({item.note})" if item.note else ""
+        lines.append(f"    {item.name:<44} {item.gb:8.2f} GB{note}")
+    lines.append(
+        f"    {'expected peak':<44} {plan.disk_peak_gb:8.2f} GB of {plan.disk_budget_gb:g} GB budget, "
+        f"{plan.free_gb:g} GB free"
+    )
+    for a in plan.adaptations:
+        lines.append(f"    adapted: {a}")
+    lines.append(
+        f"  base weights: {'4-bit NF4' if plan.quant == 'nf4' else 'bf16'}; gradient checkpointing "
+        f"{'on' if plan.checkpointing else 'off'}; predicted peak VRAM {plan.vram_peak_gb:g} GB"
+    )
+    where = f" on {gpu_name}" if gpu_name else " on one H100"
+    cost = f", about ${plan.cost_usd:.2f}" if plan.cost_usd else ""
+    lines.append(
+        f"  training: about {plan.train_tokens / 1e6:.1f}M tokens, {plan.train_hours:.2f} h{where}{cost}"
+    )
+    for p in plan.problems:
+        lines.append(f"  PROBLEM: {p}")
+    return "\n".join(lines)
+
+
+def config_for(settings: Settings, base_path: Path | None = None) -> dict:
+    """The base model's config: the local one when present, else the shipped real config."""
+    from r1ft.tiny import TINY_SHAPE, base_config
+
+    if base_path is not None and (Path(base_path) / "config.json").is_file():
+        return json.loads((Path(base_path) / "config.json").read_text())
+    if settings.is_tiny:
+        return {**TINY_SHAPE, "vocab_size": 576}
+    return base_config()

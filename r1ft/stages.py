@@ -1,0 +1,292 @@
+"""The job's steps: small glue functions between the settings, the run directory and each module."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from pathlib import Path
+
+from r1ft.pipeline import EXIT_DISK, EXIT_OK, EXIT_PUBLISH, Job, JobError, dump_json, summary_lines
+
+log = logging.getLogger("r1ft")
+
+
+# --- plan ---------------------------------------------------------------------------------------------
+def plan_job(job: Job):
+    """Hardware, then the disk/VRAM/time plan; stops with exit 4 before any download when it cannot fit."""
+    from r1ft import plan as planning
+    from r1ft.train import detect_hardware
+    from r1ft.watchdog import GB, free_bytes
+
+    s = job.settings
+    hw = detect_hardware()
+    local_base = Path(s.base_model) if not s.is_tiny and Path(s.base_model).exists() else None
+    config = planning.config_for(s, local_base)
+    p = planning.make_plan(
+        s,
+        config,
+        free_gb=free_bytes(Path(s.work_dir)) / GB + _used_gb(Path(s.work_dir)),
+        gpu_name=hw.gpu_name,
+        gpu_mem_gb=hw.gpu_mem_gb,
+        base_on_disk_outside_work=local_base is not None and not _inside(local_base, Path(s.work_dir)),
+        gguf_bytes=_gguf_estimates(s, config),
+    )
+    log.info(planning.render_plan(p, hw.gpu_name))
+    job.report["plan"] = json_safe(p)
+    if not p.fits:
+        raise JobError("the disk plan cannot fit:\n  " + "\n  ".join(p.problems), EXIT_DISK)
+    return hw, p
+
+
+def _used_gb(work_dir: Path) -> float:
+    from r1ft.watchdog import GB, dir_bytes
+
+    return dir_bytes(work_dir) / GB if work_dir.exists() else 0.0
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _gguf_estimates(s, config) -> dict[str, int]:
+    if not s.gguf_types:
+        return {}
+    from r1ft.gguf_export import estimate_gguf_bytes
+    from r1ft.plan import model_shape
+
+    n = model_shape(config, s.lora_r).params
+    return {t: estimate_gguf_bytes(n, t) for t in s.gguf_types}
+
+
+def json_safe(obj):
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(obj) if is_dataclass(obj) else obj
+
+
+@contextlib.contextmanager
+def disk_watchdog(job: Job, plan):
+    """The disk watchdog thread around the heavy steps; its peak goes into the report."""
+    from r1ft.watchdog import GB, DiskWatchdog
+
+    s = job.settings
+    wd = DiskWatchdog(
+        Path(s.work_dir),
+        job.run_dir / "checkpoints",
+        s.disk_budget_gb,
+        s.disk_free_floor_gb,
+        keep=plan.keep_checkpoints,
+    ).start()
+    try:
+        yield wd
+    finally:
+        wd.stop()
+        job.report["disk"] = {
+            "peak_gb": round(wd.state.peak_bytes / GB, 3),
+            "budget_gb": s.disk_budget_gb,
+            "planned_peak_gb": plan.disk_peak_gb,
+            "pruned": wd.state.pruned,
+            "emergency_prunes": wd.state.emergency_prunes,
+        }
+        log.info(
+            "disk: peak %.2f GB of %.2f GB budget (planned %.2f GB)",
+            wd.state.peak_bytes / GB,
+            s.disk_budget_gb,
+            plan.disk_peak_gb,
+        )
+
+
+# --- model and data -----------------------------------------------------------------------------------
+def fetch_base_model(job: Job) -> Path:
+    """The base model on local disk: the embedded tiny one, a local path, or the pinned Hub revision."""
+    from r1ft.hub_model import download_base_model
+    from r1ft.tiny import build_tiny_base
+
+    s = job.settings
+    with job.step("base model"):
+        if s.is_tiny:
+            return build_tiny_base(Path(s.work_dir) / "models" / "tiny", seed=s.seed)
+        if Path(s.base_model).exists():
+            return Path(s.base_model)
+        return download_base_model(s)
+
+
+def load_tokenizer(job: Job):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(job.base))
+
+
+def prepare_data(job: Job, tokenizer):
+    from r1ft import data
+
+    with job.step("data"):
+        prepared = data.prepare_data(job.settings, tokenizer, job.run_dir)
+    job.report["data"] = prepared.stats
+    log.info("data: %d train / %d eval examples", len(prepared.train), len(prepared.eval))
+    return prepared
+
+
+# --- training -----------------------------------------------------------------------------------------
+def train(job: Job, tokenizer, prepared, hw, plan, watchdog, stop):
+    """LoRA training under the watchdog, the signal handler and the checkpoint pusher; resumes if it can."""
+    from r1ft import resume
+    from r1ft.signals import signal_callback
+    from r1ft.train import attn_implementation, batch_layout, run_training, use_liger
+    from r1ft.watchdog import trainer_callback
+
+    s = job.settings
+    choices = {
+        "quant": plan.quant,
+        "layout": batch_layout(s, 1),
+        "checkpointing": plan.checkpointing,
+        "attn": attn_implementation(s, hw),
+        "liger": use_liger(s, hw),
+    }
+    job.report["training_choices"] = {**choices, "layout": vars(choices["layout"])}
+    start = resume.find_resume_point(s, job.run_dir, job.run_id)
+    job.report["resume"] = start.as_dict()
+    job.pusher = resume.CheckpointPusher(s, job.run_dir, s.push_checkpoint_every)
+    callbacks = [
+        trainer_callback(watchdog, stop, {"run_id": job.run_id}),
+        signal_callback(stop),
+        resume.pusher_callback(job.pusher),
+    ]
+    with job.step("train"):
+        result = run_training(
+            s,
+            job.run_dir,
+            job.base,
+            tokenizer,
+            prepared.train,
+            prepared.eval,
+            hw,
+            choices,
+            callbacks,
+            resume_from=start.checkpoint,
+            stop_flag=stop,
+        )
+    result.interrupted = stop.reason
+    job.report["training"] = {
+        "global_step": result.global_step,
+        "metrics": result.metrics,
+        "interrupted": stop.reason,
+        "resumed_from": result.resumed_from,
+    }
+    return result
+
+
+def finish_interrupted(job: Job, stop, watchdog) -> int:
+    """After a signal or a disk stop: the checkpoint is saved; push it, publish what exists, exit."""
+    from r1ft import resume
+
+    log.warning("training stopped early (%s); the newest checkpoint is saved", stop.reason)
+    pushed = resume.push_latest(job.pusher) if job.settings.push_checkpoint_every else False
+    job.report["interruption"] = {"reason": stop.reason, "checkpoint_pushed": pushed}
+    save_report(job)
+    if stop.reason == "disk":
+        log.error("disk budget exceeded: %s", watchdog.state.reason)
+        return EXIT_DISK
+    return stop.exit_code
+
+
+# --- after training -----------------------------------------------------------------------------------
+def merge(job: Job, tokenizer, hw, plan) -> Path:
+    """Merge into a bf16 base; check merged logits against the adapter model's."""
+    import torch
+
+    from r1ft.merge import load_base_for_merge, merge_adapter, save_sharded
+
+    s = job.settings
+    out = job.run_dir / "merged"
+    with job.step("merge"):
+        dtype = torch.bfloat16
+        base = load_base_for_merge(job.base, s.base_revision, plan.quant, hw.device, dtype)
+        merged = merge_adapter(base, job.run_dir / "adapter")
+        info = save_sharded(merged, tokenizer, out, max_shard_size="2GB")
+        del merged, base
+    job.report["merge"] = info
+    if s.is_tiny:  # the full check runs in the tests and on the GPU run; cheap on the tiny model
+        job.report["merge"]["max_logit_diff_fp32"] = _merge_check(job, tokenizer)
+    return out
+
+
+def _merge_check(job: Job, tokenizer) -> float:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(job.base), dtype=torch.float32)
+    adapter_model = PeftModel.from_pretrained(base, str(job.run_dir / "adapter")).eval()
+    from r1ft.merge import load_base_for_merge, max_logit_diff, merge_adapter
+
+    merged = merge_adapter(
+        load_base_for_merge(job.base, None, "none", "cpu", torch.float32), job.run_dir / "adapter"
+    )
+    return max_logit_diff(adapter_model, merged.eval(), tokenizer)
+
+
+def evaluate(job: Job, prepared, merged: Path) -> None:
+    from r1ft.evaluate import evaluate_run
+
+    with job.step("evaluate"):
+        job.report["evaluation"] = evaluate_run(
+            job.settings, job.run_dir, Path(job.base), merged, prepared.eval_examples, prepared.scibench_test
+        )
+
+
+def export_gguf(job: Job, merged: Path, plan) -> None:
+    if not job.settings.gguf_types:
+        return
+    from r1ft.gguf_export import export_gguf as export
+
+    with job.step("gguf"):
+        results = export(merged, job.run_dir / "gguf", job.settings.gguf_types)
+    job.report["gguf"] = [json_safe(r) for r in results]
+
+
+def write_report(job: Job, prepared, result, watchdog) -> None:
+    from r1ft.report import write_model_card
+
+    save_report(job)
+    write_model_card(job.run_dir, job.report)
+
+
+def save_report(job: Job) -> None:
+    job.report["timings_s"] = job.timings
+    dump_json(job.run_dir / "report.json", job.report)
+
+
+# --- publish and stop ---------------------------------------------------------------------------------
+def publish(job: Job):
+    from r1ft.publish import PublishError, publish_run
+
+    with job.step("publish"):
+        try:
+            result = publish_run(job.settings, job.run_dir, job.run_id)
+        except PublishError as e:
+            job.report["publish"] = {"verified": False, "error": str(e)}
+            save_report(job)
+            raise JobError(f"publish failed: {e}", EXIT_PUBLISH) from e
+    job.report["publish"] = json_safe(result)
+    save_report(job)
+    for line in summary_lines(job, result.location):
+        log.info(line)
+    return result
+
+
+def stop_instance(job: Job, published=None, published_ok: bool | None = None) -> int:
+    from r1ft.instance import stop_instance as stop
+
+    ok = bool(published is not None and published.verified) if published_ok is None else published_ok
+    log.info(stop(job.settings, ok))
+    return EXIT_OK if ok else EXIT_PUBLISH
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)

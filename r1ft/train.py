@@ -1,0 +1,268 @@
+"""LoRA / QLoRA training with TRL's SFTTrainer: thin pure adapters from settings to library configs,
+model loading, and the training call.
+
+The dataset arrives pre-tokenized (`input_ids` + `labels`, from `r1ft.chat.tokenize_example`), so TRL
+uses our labels as they are: loss on the completion only, its EOS included, one BOS.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from r1ft.settings import Settings
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What training runs on (read once by the pipeline, passed down)."""
+
+    device: str  # "cuda" or "cpu"
+    gpu_name: str = ""
+    gpu_mem_gb: float = 0.0
+    gpu_count: int = 0
+    bf16: bool = False
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the global batch is spread: per-device micro-batch x accumulation x processes."""
+
+    per_device: int
+    accum: int
+    processes: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_device * self.accum * self.processes
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    global_step: int
+    interrupted: str = ""  # "", "SIGTERM", "SIGINT", "disk"
+    resumed_from: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def detect_hardware() -> Hardware:
+    import torch
+
+    if not torch.cuda.is_available():
+        return Hardware(device="cpu")
+    props = torch.cuda.get_device_properties(0)
+    return Hardware(
+        device="cuda",
+        gpu_name=props.name,
+        gpu_mem_gb=props.total_memory / 1e9,
+        gpu_count=torch.cuda.device_count(),
+        bf16=torch.cuda.is_bf16_supported(),
+    )
+
+
+def batch_layout(settings: Settings, processes: int) -> Layout:
+    """Keep the recipe's sequences per optimizer step, whatever the number of processes."""
+    if settings.batch_size and settings.grad_accum:
+        return Layout(settings.batch_size, settings.grad_accum, processes)
+    if settings.batch_size:
+        accum = max(1, math.ceil(settings.global_batch / (settings.batch_size * processes)))
+        return Layout(settings.batch_size, accum, processes)
+    per_process = max(1, settings.global_batch // processes)
+    accum = settings.grad_accum or 1
+    return Layout(max(1, per_process // accum), accum, processes)
+
+
+def choose_quant(settings: Settings, hw: Hardware, bf16_peak_gb: float) -> str:
+    """`nf4` or `none`: auto takes the bf16 base where the GPU's memory holds its planned peak."""
+    if settings.quant != "auto":
+        return settings.quant
+    if hw.device != "cuda":
+        return "none"
+    return "none" if bf16_peak_gb <= 0.85 * hw.gpu_mem_gb else "nf4"
+
+
+def bnb_config(settings: Settings):
+    """The original recipe's 4-bit NF4 with double quantization and bf16 compute."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def lora_config(settings: Settings):
+    from peft import LoraConfig
+
+    targets = settings.lora_targets
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def optimizer_name(settings: Settings, quant: str, hw: Hardware) -> str:
+    if settings.optim != "auto":
+        return settings.optim
+    if quant == "nf4":
+        return "paged_adamw_8bit"
+    return "adamw_torch_fused" if hw.device == "cuda" else "adamw_torch"
+
+
+def use_checkpointing(settings: Settings, hw: Hardware, peak_without_gb: float) -> bool:
+    if settings.gradient_checkpointing != "auto":
+        return settings.gradient_checkpointing == "true"
+    return hw.device == "cuda" and peak_without_gb > 0.85 * hw.gpu_mem_gb
+
+
+def attn_implementation(settings: Settings, hw: Hardware) -> str:
+    if settings.attn_implementation != "auto":
+        return settings.attn_implementation
+    return "flex_attention" if hw.device == "cuda" else "sdpa"
+
+
+def use_liger(settings: Settings, hw: Hardware) -> bool:
+    if settings.liger != "auto":
+        return settings.liger == "true"
+    if hw.device != "cuda":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def sft_config(
+    settings: Settings,
+    run_dir: Path,
+    layout: Layout,
+    hw: Hardware,
+    quant: str,
+    checkpointing: bool,
+    liger: bool = False,
+):
+    """TRL's SFTConfig for this run. Checkpoint rotation is ours (the disk watchdog), not the Trainer's."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps or -1,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a ratio in transformers 5
+        weight_decay=settings.weight_decay,
+        per_device_train_batch_size=layout.per_device,
+        per_device_eval_batch_size=layout.per_device,
+        gradient_accumulation_steps=layout.accum,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        optim=optimizer_name(settings, quant, hw),
+        bf16=hw.bf16,
+        max_length=None,  # sequences are already within max_seq_len (data length policy)
+        padding_free=settings.padding_free,
+        completion_only_loss=None,
+        use_liger_kernel=liger,
+        torch_compile=settings.torch_compile,
+        logging_steps=settings.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps",
+        eval_steps=settings.eval_steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=None,
+        report_to="none",  # the TensorBoard callback is added explicitly with our log dir
+        seed=settings.seed,
+        data_seed=settings.seed,
+        dataloader_num_workers=0 if hw.device == "cpu" else 2,
+        dataloader_pin_memory=hw.device == "cuda",
+        remove_unused_columns=True,
+        disable_tqdm=False,
+        use_cpu=hw.device == "cpu",
+    )
+
+
+def load_base_model(base: str | Path, settings: Settings, hw: Hardware, quant: str, attn: str):
+    """The base model in bf16 (GPU) or fp32 (CPU), or 4-bit NF4 with bf16 non-quantized weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"attn_implementation": attn}
+    if not Path(str(base)).exists():
+        kwargs["revision"] = settings.base_revision
+    if hw.device == "cuda":
+        kwargs["dtype"] = torch.bfloat16
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    else:
+        kwargs["dtype"] = torch.float32
+    if quant == "nf4":
+        kwargs["quantization_config"] = bnb_config(settings)
+    model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+    model.config.use_cache = False
+    return model
+
+
+def run_training(
+    settings: Settings,
+    run_dir: Path,
+    base: str | Path,
+    tokenizer,
+    train_ds,
+    eval_ds,
+    hw: Hardware,
+    choices: dict[str, Any],
+    callbacks: list,
+    resume_from: Path | None = None,
+    stop_flag=None,
+) -> TrainResult:
+    """Train the LoRA adapter with TRL's SFTTrainer and save it (with the tokenizer) to run_dir/adapter.
+
+    `choices` holds the plan's decisions: quant, layout (Layout), checkpointing, attn, liger.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+    from trl import SFTTrainer
+
+    quant, layout = choices["quant"], choices["layout"]
+    model = load_base_model(base, settings, hw, quant, choices["attn"])
+    args = sft_config(settings, run_dir, layout, hw, quant, choices["checkpointing"], choices["liger"])
+    tb = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "logs")))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds if eval_ds is not None and len(eval_ds) else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings),
+        callbacks=[tb, *callbacks],
+    )
+    if trainer.eval_dataset is None:
+        trainer.args.eval_strategy = "no"
+    out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    adapter_dir = run_dir / "adapter"
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(str(adapter_dir))
+        tokenizer.save_pretrained(str(adapter_dir))
+    metrics = dict(out.metrics)
+    stopped = stop_flag is not None and stop_flag.reason
+    if trainer.eval_dataset is not None and not stopped:
+        final_eval = trainer.evaluate()
+        metrics.update(final_eval)
+    tb.tb_writer.flush()
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        global_step=trainer.state.global_step,
+        resumed_from=str(resume_from or ""),
+        metrics=metrics,
+        log_history=list(trainer.state.log_history),
+    )
