@@ -68,7 +68,10 @@ def stop_instance(settings: Settings, published_ok: bool) -> str:
     )
     try:
         client = vast_client(settings)
-        client.destroy_instance(ident) if action == "destroy" else client.stop_instance(ident)
+        if action == "destroy":
+            client.destroy_instance(ident)
+        else:
+            client.stop_instance(ident)
     except Exception as exc:
         cause = redact(f"{type(exc).__name__}: {exc}", secret_values(settings))
         by_hand = (

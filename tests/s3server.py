@@ -1,0 +1,106 @@
+"""A real S3-compatible HTTP endpoint on loopback for tests: moto's server mode, behind a small proxy that
+can fail requests on demand (HTTP 500 for the next N uploads, or everything while it is "down")."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from moto.server import ThreadedMotoServer
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
+ERROR_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
+    b"<Message>injected failure</Message></Error>"
+)
+
+
+@dataclass
+class Faults:
+    """What the proxy does to the next requests. `log` records (method, path, status) of every request."""
+
+    fail_uploads: int = 0  # answer N upload requests (PUT: PutObject / UploadPart) with 500 ...
+    fail_after: int = 0  # ... once this many upload requests went through
+    parts_only: bool = False  # count only UploadPart requests (the middle of a multipart upload)
+    down: bool = False  # answer every request with 500
+    log: list[tuple[str, str, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def should_fail(self, method: str, path: str) -> bool:
+        with self.lock:
+            if self.down:
+                return True
+            if method != "PUT" or (self.parts_only and "partNumber=" not in path):
+                return False
+            if self.fail_after > 0:
+                self.fail_after -= 1
+                return False
+            if self.fail_uploads > 0:
+                self.fail_uploads -= 1
+                return True
+            return False
+
+
+def _handler(upstream: tuple[str, int], faults: Faults) -> type[BaseHTTPRequestHandler]:
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive and 100-continue, as boto3 expects
+
+        def log_message(self, format: str, *args) -> None:  # quiet
+            pass
+
+        def _relay(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            if faults.should_fail(self.command, self.path):
+                self._answer(500, {"Content-Type": "application/xml"}, ERROR_BODY)
+                return
+            conn = http.client.HTTPConnection(*upstream, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            out = {k: v for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP | {"content-length"}}
+            if self.command == "HEAD":
+                out["Content-Length"] = resp.getheader("Content-Length", "0")
+                self._answer(resp.status, out, b"", length=False)
+            else:
+                self._answer(resp.status, out, data)
+            conn.close()
+
+        def _answer(self, status: int, headers: dict[str, str], body: bytes, length: bool = True) -> None:
+            with faults.lock:
+                faults.log.append((self.command, self.path, status))
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            if length:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if body and self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+
+    return Proxy
+
+
+@contextmanager
+def s3_server() -> Iterator[tuple[str, Faults]]:
+    """(endpoint URL of the proxy in front of a fresh moto server, its Faults), both on 127.0.0.1."""
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    faults = Faults()
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _handler(moto.get_host_and_port(), faults))
+    proxy.daemon_threads = True
+    thread = threading.Thread(target=proxy.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_address[1]}", faults
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        moto.stop()
