@@ -339,7 +339,7 @@ _SCIBENCH_EXPONENT = re.compile(r"10\^[{]?\ *(-?[0-9]+)\ *[}]?")
 def scibench_prompt_unit(unit: str) -> str:
     """The unit SciBench names in its prompt: the text after the unit's power of ten, when there is any.
 
-    `$10^{-19} \\mathrm{~J}$` -> `\\mathrm{~J}$` (the model must then answer the absolute value, e.g.
+    `$10^{-19} \\mathrm{~J}$` -> `$\\mathrm{~J}$` (the model must then answer the absolute value, e.g.
     `3.2 \\times 10^{-19}`); `$10^{42}$` alone, or a unit without a power, is kept whole.
 
     Units are taken trimmed (as the data module stores them). SciBench ran on the raw strings, where a
@@ -349,7 +349,8 @@ def scibench_prompt_unit(unit: str) -> str:
     if _SCIBENCH_POWER.search(unit):
         rest = _SCIBENCH_POWER.split(unit)[-1].strip()
         if rest:
-            return rest
+            # SciBench's split leaves the closing `$` of `$10^{-19} \\mathrm{~J}$` alone; reopen it
+            return "$" + rest if rest.count("$") % 2 else rest
     return unit
 
 

@@ -180,9 +180,10 @@ def test_clean_answer_strips_presentation():
 
 PROMPT_UNITS = [
     (r"$\mathrm{atm}$", r"$\mathrm{atm}$"),
-    (r"$10^{-19} \mathrm{~J}$", r"\mathrm{~J}$"),
-    (r"$10^7 \mathrm{yr}$", r"\mathrm{yr}$"),
-    (r"$\mathrm{10^7} \mathrm{~km}$", r"\mathrm{~km}$"),
+    (r"$10^{-19} \mathrm{~J}$", r"$\mathrm{~J}$"),  # SciBench's text is `\mathrm{~J}$`: `$` reopened
+    (r"$10^7 \mathrm{yr}$", r"$\mathrm{yr}$"),
+    (r"$\mathrm{10^7} \mathrm{~km}$", r"$\mathrm{~km}$"),
+    (r"$10^{-3} \%$", r"$\%$"),
     (r"$10^{16}$ photons", "photons"),
     (r"$10^{42}$", r"$10^{42}$"),  # nothing after the power: SciBench keeps the unit whole
     (r"$10^6$", r"$10^6$"),
