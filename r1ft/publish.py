@@ -722,6 +722,7 @@ class HubDestination:
                 problems.append(f"{entry.path}: LFS sha256 differs")
             elif (
                 item.lfs is None
+                and getattr(item, "xet_hash", None) is None  # xet-stored: size only unless LFS info is given
                 and entry.path in self._git_oids
                 and item.blob_id != self._git_oids[entry.path]
             ):
@@ -729,7 +730,13 @@ class HubDestination:
         return problems
 
     def download(self, remote: str, local: Path) -> None:
-        from huggingface_hub.errors import RemoteEntryNotFoundError
+        from huggingface_hub.errors import (
+            RemoteEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        missing = (RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
 
         staging = local.parent / ".r1ft-download"
         staging.mkdir(parents=True, exist_ok=True)
@@ -739,7 +746,7 @@ class HubDestination:
                 return self.api.hf_hub_download(
                     self.repo_id, remote, revision=self.revision, repo_type="model", local_dir=str(staging)
                 )
-            except RemoteEntryNotFoundError as exc:
+            except missing as exc:  # no such file, or no repo / branch yet (a first run)
                 raise RemoteMissing(f"{self.location}/{remote} does not exist") from exc
 
         try:
@@ -873,6 +880,11 @@ def publish_run(
     Raises PublishError (every output still in `run_dir`) when the transfer or the verification fails.
     """
     run_dir = Path(run_dir)
+    if not run_files(run_dir):
+        raise PublishError(
+            f"{run_dir} holds no run outputs ({', '.join(LAYOUT_DIRS + LAYOUT_FILES)}): nothing to publish; "
+            "check the --run-dir path"
+        )
     secrets = secret_values(settings)
     dest = dest if dest is not None else destination_for(settings, run_id, retry=retry)
     keep = f"Every output is kept in {run_dir.resolve()}."

@@ -8,12 +8,13 @@ blob id, LFS sha256), a missing file downloads as `RemoteEntryNotFoundError`.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 from typing import Any
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
 LFS_THRESHOLD = 1024  # files at least this large are LFS in the fake
@@ -46,7 +47,9 @@ class FakeHfApi:
         self.repos: dict[str, dict[str, Any]] = {}
         self.lfs: dict[str, bytes] = {}  # sha256 hex -> content of pre-uploaded files
 
-    def _call(self, name: str, **details: Any) -> None:
+    def _call(self, name: str, args: tuple, kwargs: dict[str, Any], **details: Any) -> None:
+        """Check the call binds to the real HfApi method, record `details`, then fail if asked to."""
+        inspect.signature(getattr(HfApi, name)).bind(self, *args, **kwargs)
         self.calls.append((name, details))
         pending = self.fail.get(name)
         if pending:
@@ -61,20 +64,23 @@ class FakeHfApi:
     def create_repo(
         self, repo_id: str, *, private: bool | None = None, exist_ok: bool = False, **kw: Any
     ) -> str:
-        self._call("create_repo", repo_id=repo_id, private=private, exist_ok=exist_ok)
+        kwargs = {"private": private, "exist_ok": exist_ok, **kw}
+        self._call("create_repo", (repo_id,), kwargs, repo_id=repo_id, private=private, exist_ok=exist_ok)
         if repo_id in self.repos and not exist_ok:
             raise http_error(409)
         self.repos.setdefault(repo_id, {"private": private, "branches": {"main": {}}, "commits": []})
         return f"https://huggingface.co/{repo_id}"
 
     def create_branch(self, repo_id: str, *, branch: str, exist_ok: bool = False, **kw: Any) -> None:
-        self._call("create_branch", repo_id=repo_id, branch=branch)
+        kwargs = {"branch": branch, "exist_ok": exist_ok, **kw}
+        self._call("create_branch", (repo_id,), kwargs, repo_id=repo_id, branch=branch)
         branches = self.repos[repo_id]["branches"]
         branches.setdefault(branch, dict(branches["main"]))
 
     def preupload_lfs_files(self, repo_id: str, additions: list[CommitOperationAdd], **kw: Any) -> None:
         additions = list(additions)
-        self._call("preupload_lfs_files", repo_id=repo_id, paths=[op.path_in_repo for op in additions], **kw)
+        paths = [op.path_in_repo for op in additions]
+        self._call("preupload_lfs_files", (repo_id,), {"additions": additions, **kw}, paths=paths, **kw)
         for op in additions:
             if op.upload_info.size < LFS_THRESHOLD:
                 op._upload_mode = "regular"
@@ -86,14 +92,14 @@ class FakeHfApi:
 
     def create_commit(self, repo_id: str, operations: list[Any], *, commit_message: str, **kw: Any) -> str:
         operations = list(operations)
-        self._call(
-            "create_commit",
-            repo_id=repo_id,
-            message=commit_message,
-            adds=[op.path_in_repo for op in operations if isinstance(op, CommitOperationAdd)],
-            deletes=[op.path_in_repo for op in operations if isinstance(op, CommitOperationDelete)],
+        details = {
+            "message": commit_message,
+            "adds": [op.path_in_repo for op in operations if isinstance(op, CommitOperationAdd)],
+            "deletes": [op.path_in_repo for op in operations if isinstance(op, CommitOperationDelete)],
             **kw,
-        )
+        }
+        kwargs = {"operations": operations, "commit_message": commit_message, **kw}
+        self._call("create_commit", (repo_id,), kwargs, **details)
         new = dict(self.files(repo_id, kw.get("revision")))
         for op in operations:
             if isinstance(op, CommitOperationDelete):
@@ -115,7 +121,8 @@ class FakeHfApi:
     def list_repo_tree(
         self, repo_id: str, *, recursive: bool = False, revision: str | None = None, **kw: Any
     ):
-        self._call("list_repo_tree", repo_id=repo_id, revision=revision)
+        kwargs = {"recursive": recursive, "revision": revision, **kw}
+        self._call("list_repo_tree", (repo_id,), kwargs, repo_id=repo_id, revision=revision)
         out = []
         for path, data in sorted(self.files(repo_id, revision).items()):
             if len(data) >= LFS_THRESHOLD:
@@ -128,8 +135,14 @@ class FakeHfApi:
     def hf_hub_download(
         self, repo_id: str, filename: str, *, revision: str | None = None, local_dir: str, **kw
     ):
-        self._call("hf_hub_download", repo_id=repo_id, filename=filename, revision=revision)
-        files = self.files(repo_id, revision) if repo_id in self.repos else {}
+        kwargs = {"revision": revision, "local_dir": local_dir, **kw}
+        self._call("hf_hub_download", (repo_id, filename), kwargs, filename=filename, revision=revision)
+        if repo_id not in self.repos:
+            response = httpx2.Response(
+                404, request=httpx2.Request("GET", f"https://huggingface.co/{repo_id}")
+            )
+            raise RepositoryNotFoundError(f"404: {repo_id} not found", response=response)
+        files = self.files(repo_id, revision)
         if filename not in files:
             response = httpx2.Response(
                 404, request=httpx2.Request("GET", f"https://huggingface.co/{filename}")

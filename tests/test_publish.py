@@ -148,6 +148,14 @@ def test_local_publish_onto_itself_only_writes_the_manifest(tmp_path):
     assert after.pop(MANIFEST) and after == before
 
 
+def test_publishing_a_wrong_run_dir_publishes_nothing(tmp_path):
+    out = tmp_path / "published"
+    settings = load_settings({"R1FT_PRESET": "smoke", "R1FT_OUTPUT": str(out)}, env_file=None)
+    with pytest.raises(PublishError, match="nothing to publish"):
+        publish_run(settings, tmp_path / "no-such-run", RUN_ID)
+    assert not out.exists()  # a good manifest there would not be replaced by an empty one
+
+
 def test_collect_detects_a_damaged_file(tmp_path):
     run = make_run(tmp_path, big=10_000)
     out = tmp_path / "published"
@@ -442,7 +450,7 @@ def test_hub_checkpoint_push_and_fetch(tmp_path):
     api = FakeHfApi()
     settings = hub_settings()
     dest = hub_dest(settings, api)
-    assert fetch_last_checkpoint(settings, tmp_path / "resume", source=dest) is None
+    assert fetch_last_checkpoint(settings, tmp_path / "resume", source=dest) is None  # no repo yet
     first = make_checkpoint(run, 4, {"adapter_model.safetensors": b"a" * 2000, "optimizer.pt": b"o" * 3000})
     push_checkpoint(settings, first, dest=dest)
     second = make_checkpoint(run, 8, {"adapter_model.safetensors": b"b" * 2000, "scheduler.pt": b"s"})
