@@ -87,7 +87,7 @@ def retry_after_seconds(exc: BaseException) -> float | None:
     headers = getattr(response, "headers", None)
     if headers is None and isinstance(response, dict):  # botocore ClientError
         headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-    value = headers.get("retry-after") or headers.get("Retry-After") if headers else None
+    value = (headers.get("retry-after") or headers.get("Retry-After")) if headers else None
     if not value:
         return None
     try:
@@ -380,6 +380,21 @@ def _s3_missing(exc: BaseException) -> bool:
     return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey")
 
 
+def _checksum_refused(exc: BaseException) -> bool:
+    """Whether an S3-compatible store rejected the request for its flexible checksum headers."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, S3UploadFailedError):
+        exc = exc.__cause__ or exc.__context__ or exc
+    if not isinstance(exc, ClientError):
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    error = exc.response.get("Error", {})
+    text = f"{error.get('Code', '')} {error.get('Message', '')}".lower()
+    return status in (400, 501) and ("checksum" in text or error.get("Code") == "NotImplemented")
+
+
 def s3_part_digests(path: Path, part_size: int) -> tuple[str, str]:
     """(composite sha256 as S3 reports it for a multipart object, multipart ETag) for `part_size` parts."""
     sha_parts, md5_parts = [], []
@@ -415,6 +430,7 @@ class S3Destination:
         self.part_size = part_size
         self.location = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.staged: dict[str, FileEntry] = {}
+        self.checksums = True  # ask the store for SHA256 checksums (some S3-compatible stores refuse them)
         self._fingerprints: dict[str, str] = {}  # remote -> checksum/ETag seen when it was verified
 
     def key(self, remote: str) -> str:
@@ -439,13 +455,7 @@ class S3Destination:
         key = self.key(remote)
 
         def upload_and_check() -> None:
-            self.client.upload_file(
-                str(local),
-                self.bucket,
-                key,
-                ExtraArgs={"ChecksumAlgorithm": "SHA256"},
-                Config=self._transfer_config(),
-            )
+            self._upload(local, key)
             problem, fingerprint = self._check(remote, entry, local)
             if problem:
                 raise _Mismatch(f"{self.location}/{remote}: {problem}")
@@ -456,6 +466,23 @@ class S3Destination:
         if delete_after:
             local.unlink()
         return entry
+
+    def _upload(self, local: Path, key: str) -> None:
+        """Upload with a SHA256 checksum; once a store refuses checksums, without (then ETag and size)."""
+        extra = {"ChecksumAlgorithm": "SHA256"} if self.checksums else {}
+        try:
+            self.client.upload_file(
+                str(local), self.bucket, key, ExtraArgs=extra, Config=self._transfer_config()
+            )
+        except Exception as exc:
+            if not (self.checksums and _checksum_refused(exc)):
+                raise
+            log.warning(
+                "%s refuses SHA256 checksums: uploading without them (verified by ETag and size)",
+                self.location,
+            )
+            self.checksums = False
+            self.client.upload_file(str(local), self.bucket, key, Config=self._transfer_config())
 
     def _check(self, remote: str, entry: FileEntry, local: Path | None) -> tuple[str, str]:
         """(problem or '', fingerprint) of the stored object against `entry`.
@@ -567,6 +594,9 @@ def s3_client(settings: Settings, retry: RetryPolicy = DEFAULT_RETRY) -> Any:
     )
     config = Config(
         retries={"mode": "standard", "max_attempts": retry.sdk_attempts},
+        # No default CRC32 on every request (stores that predate flexible checksums reject it); uploads
+        # still ask for SHA256 explicitly, and drop it only where the store refuses it.
+        request_checksum_calculation="when_required",
         connect_timeout=20,
         read_timeout=120,
     )
@@ -858,11 +888,9 @@ def read_manifest(path: Path) -> list[FileEntry]:
         raise PublishError(f"{path} is not a valid r1ft manifest ({e})") from e
 
 
-def _failure(
-    action: str, dest: Destination, exc: BaseException, secrets: list[str], keep: str, retry: str
-) -> str:
+def _failure(action: str, dest: Destination, exc: BaseException, secrets: list[str], after: str) -> str:
     cause = redact(f"{type(exc).__name__}: {exc}", secrets)
-    return f"{action} {dest.location} failed: {cause}. {keep} Retry with: {retry}"
+    return f"{action} {dest.location} failed: {cause}. {after}"
 
 
 def publish_run(
@@ -893,6 +921,8 @@ def publish_run(
         keep += f" ({len(streamed)} streamed merged shard(s) were already sent and removed locally.)"
     command = f"r1ft publish --run-dir {run_dir}"
     try:
+        if not dest.atomic:
+            dest.delete([MANIFEST])  # an older publish's manifest must not vouch for files being replaced
         for rel in run_files(run_dir):
             dest.stage_file(run_dir / rel, rel)
         entries = [
@@ -908,7 +938,8 @@ def publish_run(
         dest.commit(f"r1ft: publish run {run_id} ({len(entries)} files, {human_bytes(total)})")
         problems = dest.verify([*entries, manifest_entry])
     except Exception as exc:
-        raise PublishError(_failure("publishing to", dest, exc, secrets, keep, command)) from exc
+        after = f"{keep} Retry with: {command}"
+        raise PublishError(_failure("publishing to", dest, exc, secrets, after)) from exc
     if problems:
         shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise PublishError(
@@ -956,14 +987,12 @@ def push_checkpoint(
         dest.commit(f"r1ft: {CHECKPOINT_DIR} = {ckpt_dir.name} of run {run_id}")
         problems = dest.verify([*entries, manifest_entry])
     except Exception as exc:
-        keep = f"The checkpoint is kept in {ckpt_dir.resolve()}."
-        raise PublishError(
-            _failure("pushing a checkpoint to", dest, exc, secrets, keep, "the next save")
-        ) from exc
+        after = f"The checkpoint is kept in {ckpt_dir.resolve()}; the next save pushes again."
+        raise PublishError(_failure("pushing a checkpoint to", dest, exc, secrets, after)) from exc
     finally:
         manifest_path.unlink(missing_ok=True)
-    for remote in [*(e.path for e in entries), manifest_remote]:
-        dest.staged.pop(remote, None)  # not part of the run's manifest
+        for remote in [p for p in dest.staged if p.startswith(f"{CHECKPOINT_DIR}/")]:
+            dest.staged.pop(remote)  # not part of the run's manifest
     if problems:
         raise PublishError(
             f"{CHECKPOINT_DIR}/ at {dest.location} could not be verified: {'; '.join(problems[:10])}"
@@ -1070,11 +1099,8 @@ def collect(
     except PublishError:
         raise
     except Exception as exc:
-        raise PublishError(
-            _failure(
-                "collecting from", source, exc, secrets, f"What arrived is in {dest.resolve()}.", command
-            )
-        ) from exc
+        after = f"What arrived is in {dest.resolve()}. Retry with: {command}"
+        raise PublishError(_failure("collecting from", source, exc, secrets, after)) from exc
     if problems:
         raise PublishError(f"collected files differ from {source.location}'s manifest: {'; '.join(problems)}")
     total = sum(e.size for e in entries)

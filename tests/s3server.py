@@ -13,6 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from moto.server import ThreadedMotoServer
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
+CHECKSUM_REFUSED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidArgument</Code>'
+    b"<Message>x-amz-checksum-sha256 is not supported</Message></Error>"
+)
 ERROR_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
     b"<Message>injected failure</Message></Error>"
@@ -27,6 +31,7 @@ class Faults:
     fail_after: int = 0  # ... once this many upload requests went through
     parts_only: bool = False  # count only UploadPart requests (the middle of a multipart upload)
     down: bool = False  # answer every request with 500
+    refuse_checksums: bool = False  # answer 400 to requests with flexible-checksum headers, like old stores
     log: list[tuple[str, str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -57,6 +62,13 @@ def _handler(upstream: tuple[str, int], faults: Faults) -> type[BaseHTTPRequestH
             body = self.rfile.read(length) if length else b""
             if faults.should_fail(self.command, self.path):
                 self._answer(500, {"Content-Type": "application/xml"}, ERROR_BODY)
+                return
+            if faults.refuse_checksums and any(
+                k.lower().startswith(("x-amz-checksum-", "x-amz-sdk-checksum"))
+                and k.lower() != "x-amz-checksum-mode"
+                for k in self.headers
+            ):
+                self._answer(400, {"Content-Type": "application/xml"}, CHECKSUM_REFUSED)
                 return
             conn = http.client.HTTPConnection(*upstream, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}

@@ -240,6 +240,20 @@ def test_s3_injected_500s_mid_upload_still_end_verified(s3, tmp_path, caplog, fa
     assert AWS_SECRET not in caplog.text
 
 
+def test_s3_store_without_checksums_is_verified_by_etag_and_size(s3, tmp_path, caplog):
+    endpoint, faults, admin = s3
+    run = make_run(tmp_path)
+    settings = s3_settings(endpoint)
+    faults.refuse_checksums = True
+    with caplog.at_level(logging.WARNING):
+        result = publish_run(settings, run, RUN_ID, dest=s3_dest(settings, fast()))
+    assert result.verified and "refuses SHA256 checksums" in caplog.text
+    head = admin.head_object(Bucket="results", Key="runs/smoke/README.md", ChecksumMode="ENABLED")
+    assert "ChecksumSHA256" not in head
+    collect(settings.output, tmp_path / "back", settings, retry=fast())
+    assert_same_files(run, tmp_path / "back")
+
+
 def test_s3_down_ends_in_publish_error_with_nothing_lost(s3, tmp_path, caplog):
     endpoint, faults, _ = s3
     run = make_run(tmp_path, big=100_000)
