@@ -684,6 +684,7 @@ class HubDestination:
         if entry.size <= GIT_OID_MAX:
             self._git_oids[remote] = git_blob_oid(local)
         op = CommitOperationAdd(path_in_repo=remote, path_or_fileobj=str(local))
+        op.upload_info.sha256 = bytes.fromhex(entry.sha256)  # already known: spare the library a second read
         if entry.size >= HUB_PREUPLOAD_MIN or delete_after:
             self._retry(
                 lambda: self.api.preupload_lfs_files(

@@ -148,6 +148,21 @@ def test_local_publish_onto_itself_only_writes_the_manifest(tmp_path):
     assert after.pop(MANIFEST) and after == before
 
 
+def test_local_streamed_shard_moves_and_lands_in_the_manifest(tmp_path):
+    run = make_run(tmp_path, big=50_000)
+    out = tmp_path / "published"
+    settings = load_settings({"R1FT_PRESET": "smoke", "R1FT_OUTPUT": f"file://{out}"}, env_file=None)
+    dest = destination_for(settings)
+    shard = run / "merged/model-00001-of-00002.safetensors"
+    original = shard.read_bytes()
+    dest.stage_file(shard, "merged/model-00001-of-00002.safetensors", delete_after=True)
+    assert not shard.exists() and (out / "merged/model-00001-of-00002.safetensors").read_bytes() == original
+    result = publish_run(settings, run, RUN_ID, dest=dest)
+    assert result.verified
+    listed = {f["path"] for f in json.loads((out / MANIFEST).read_text())["files"]}
+    assert "merged/model-00001-of-00002.safetensors" in listed
+
+
 def test_publishing_a_wrong_run_dir_publishes_nothing(tmp_path):
     out = tmp_path / "published"
     settings = load_settings({"R1FT_PRESET": "smoke", "R1FT_OUTPUT": str(out)}, env_file=None)
