@@ -160,6 +160,13 @@ class Settings(BaseSettings):
     length_policy: Literal["drop", "truncate"] = Field(
         "drop", description="examples longer than max_seq_len: drop or truncate"
     )
+    mathcodeinstruct_revision: str = Field(
+        "main",
+        description="Hub revision (branch, tag or commit) of a Hub MathCodeInstruct source; pin a commit",
+    )
+    scibench_revision: str = Field(
+        "main", description="Hub revision (branch, tag or commit) of a Hub SciBench source; pin a commit"
+    )
 
     # --- evaluation -------------------------------------------------------------------------------
     eval_samples: int = Field(200, ge=0, description="held-out eval examples scored by generation (0: skip)")

@@ -120,6 +120,10 @@ def build_tiny_base(dest: Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).to(torch.float32)
+    with torch.no_grad():
+        # At hidden size 64 the usual 0.02 init caps every logit near +-1.5 through a frozen lm_head, so no
+        # adapter could make a confident prediction; a wider head lets the tiny model actually learn.
+        model.lm_head.weight.normal_(0.0, 0.25)
     model.generation_config = GenerationConfig(
         bos_token_id=ids[BOS],
         eos_token_id=ids[EOS],

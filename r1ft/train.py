@@ -150,6 +150,7 @@ def sft_config(
     quant: str,
     checkpointing: bool,
     liger: bool = False,
+    has_eval: bool = True,
 ):
     """TRL's SFTConfig for this run. Checkpoint rotation is ours (the disk watchdog), not the Trainer's."""
     from trl import SFTConfig
@@ -176,7 +177,7 @@ def sft_config(
         torch_compile=settings.torch_compile,
         logging_steps=settings.logging_steps,
         logging_first_step=True,
-        eval_strategy="steps",
+        eval_strategy="steps" if has_eval else "no",
         eval_steps=settings.eval_steps,
         save_strategy="steps",
         save_steps=settings.save_steps,
@@ -235,19 +236,20 @@ def run_training(
 
     quant, layout = choices["quant"], choices["layout"]
     model = load_base_model(base, settings, hw, quant, choices["attn"])
-    args = sft_config(settings, run_dir, layout, hw, quant, choices["checkpointing"], choices["liger"])
+    has_eval = eval_ds is not None and len(eval_ds) > 0
+    args = sft_config(
+        settings, run_dir, layout, hw, quant, choices["checkpointing"], choices["liger"], has_eval=has_eval
+    )
     tb = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "logs")))
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
-        eval_dataset=eval_ds if eval_ds is not None and len(eval_ds) else None,
+        eval_dataset=eval_ds if has_eval else None,
         processing_class=tokenizer,
         peft_config=lora_config(settings),
         callbacks=[tb, *callbacks],
     )
-    if trainer.eval_dataset is None:
-        trainer.args.eval_strategy = "no"
     out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     adapter_dir = run_dir / "adapter"
     if trainer.is_world_process_zero():
@@ -258,7 +260,6 @@ def run_training(
     if trainer.eval_dataset is not None and not stopped:
         final_eval = trainer.evaluate()
         metrics.update(final_eval)
-    tb.tb_writer.flush()
     return TrainResult(
         adapter_dir=adapter_dir,
         global_step=trainer.state.global_step,
