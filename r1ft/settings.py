@@ -397,3 +397,47 @@ def _build_partial(env: dict[str, str], init: dict[str, Any]) -> Settings | None
         return _build(keep, init)
     except ValidationError:
         return None
+
+
+def env_example_text() -> str:
+    """The text of `.env.example`: every variable with its default and its one-line description."""
+    lines = [
+        "# r1ft settings. Copy to .env, fill in what you need, and pass it with `docker run --env-file .env`.",
+        "# Every R1FT_* variable is listed, commented out, with its default: uncomment what you change (an",
+        "# explicit value also overrides the preset's). An unknown R1FT_* name is an error.",
+    ]
+    section = ""
+    for name, info in Settings.model_fields.items():
+        if name in _ALIASED:
+            continue
+        group = _SECTION.get(name, section)
+        if group != section:
+            section = group
+            lines += ["", f"# --- {section} ---"]
+        default = info.default
+        shown = str(default).lower() if isinstance(default, bool) else ("" if default is None else str(default))
+        lines.append(f"# {info.description}")
+        lines.append(f"#{PREFIX}{name.upper()}={shown}")
+    lines += [
+        "",
+        "# --- secrets and platform variables (standard names) ---",
+        "# Hub write token, needed for R1FT_OUTPUT=hf://... (and for gated or private models/datasets)",
+        "#HF_TOKEN=",
+        "# S3 credentials for R1FT_OUTPUT=s3://... ; the endpoint for R2, MinIO, Backblaze, Wasabi...",
+        "#AWS_ACCESS_KEY_ID=",
+        "#AWS_SECRET_ACCESS_KEY=",
+        "#AWS_SESSION_TOKEN=",
+        "#AWS_DEFAULT_REGION=",
+        "#AWS_ENDPOINT_URL=",
+        "# Set by Vast.ai inside the instance (CONTAINER_ID, CONTAINER_API_KEY): leave them out of this file.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+_SECTION = {
+    "preset": "job",
+    "base_model": "model and recipe",
+    "mathcodeinstruct_source": "data",
+    "eval_samples": "evaluation",
+}

@@ -104,3 +104,19 @@ def test_cli_plan_with_bad_settings_exits_2_fast_naming_every_problem(tmp_path):
     for needle in ("R1FT_EPOCHS", "R1FT_LEARNING_RATE", "HF_TOKEN"):
         assert needle in proc.stderr
     assert "torch" not in proc.stderr
+
+
+def test_env_example_lists_every_setting_and_is_current():
+    from r1ft.settings import Settings, env_example_text
+
+    text = (REPO / ".env.example").read_text()
+    assert text == env_example_text(), "regenerate: python -c 'from r1ft.settings import env_example_text; ...'"
+    for name, info in Settings.model_fields.items():
+        if info.validation_alias is None:
+            assert f"#R1FT_{name.upper()}=" in text
+    # the file as shipped parses (all commented out) and so does every line uncommented
+    uncommented = "\n".join(line[1:] if line.startswith("#R1FT_") else line for line in text.splitlines())
+    f = REPO / ".pytest_cache" / "env-example-uncommented"
+    f.parent.mkdir(exist_ok=True)
+    f.write_text(uncommented)
+    assert load_settings({}, env_file=f).lora_r == 16
