@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -16,13 +17,23 @@ def setup_console(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     if any(getattr(h, "_r1ft", False) for h in root.handlers):
         return
-    handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False, rich_tracebacks=False)
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(
+            console=Console(stderr=True), show_path=False, markup=False, rich_tracebacks=False
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:  # docker logs, vastai logs, CI: plain lines, never wrapped
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
     handler._r1ft = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("httpx", "urllib3", "botocore", "boto3", "s3transfer", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "no CPU 4-bit kernels" on CPU-only hosts
+    # Deprecation chatter from the libraries about their own internals: nothing a user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\..*")
     logging.captureWarnings(True)
     sys.stderr.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
 

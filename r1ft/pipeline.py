@@ -37,6 +37,17 @@ class Job:
     run_dir: Path
     base: Path | str = ""
     pusher: Any = None
+    dest: Any = (
+        None  # the publish destination, made once: streamed merge shards and the final publish share it
+    )
+
+    def destination(self):
+        if self.dest is None:
+            from r1ft.publish import destination_for
+
+            self.dest = destination_for(self.settings, self.run_id)
+        return self.dest
+
     timings: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
 

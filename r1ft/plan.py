@@ -108,7 +108,8 @@ def checkpoint_gb(shape: ModelShape, quant: str) -> float:
 def vram_peak_gb(shape: ModelShape, quant: str, checkpointing: bool, micro_batch_tokens: int) -> float:
     weights = shape.params * (0.56 if quant == "nf4" else 2.0)
     lora_state = shape.lora_params * 16  # fp32 weights, grads, two Adam moments
-    acts = micro_batch_tokens * ACT_MB_PER_TOKEN[checkpointing] * 1e6
+    scale = (shape.hidden * shape.layers) / (1536 * 28)  # activations grow with width x depth
+    acts = micro_batch_tokens * ACT_MB_PER_TOKEN[checkpointing] * 1e6 * scale
     return (weights + lora_state + acts) / GB + 1.5  # CUDA context, allocator slack
 
 
@@ -149,11 +150,13 @@ def make_plan(
     base_gb = 0.0 if base_on_disk_outside_work else shape.params * 2 / GB
     merged_gb = shape.params * 2 / GB
     ckpt = checkpoint_gb(shape, quant)
-    examples = settings.mathcodeinstruct_samples or 80_000
+    if settings.mathcodeinstruct_source in ("builtin", "none"):
+        examples = 60
+    else:
+        examples = settings.mathcodeinstruct_samples or 80_000
     tokens = train_tokens or int(examples * MEAN_TOKENS_PER_EXAMPLE * (1 - settings.eval_fraction))
-    data_gb = (
-        0.2 + (0.19 if settings.mathcodeinstruct_source.startswith("MathLLMs/") else 0) + tokens * 10 / GB
-    )
+    raw_gb = 0.19 if settings.mathcodeinstruct_source.startswith("MathLLMs/") else 0.0
+    data_gb = 0.01 + raw_gb + tokens * 24 / GB  # raw files + arrow cache (ids + labels) + rendered text
     gguf = max((gguf_bytes or {}).values(), default=0) / GB
     keep = settings.save_total_limit
     margin = 0.5 + 0.03 * settings.disk_budget_gb

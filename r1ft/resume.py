@@ -61,7 +61,7 @@ def _fetch_remote(settings: Settings, run_dir: Path, run_id: str) -> Path | None
 
     staging = run_dir / "checkpoints" / ".remote"
     try:
-        got = fetch_last_checkpoint(settings, staging)
+        got = fetch_last_checkpoint(settings, staging, run_id=run_id)
     except Exception as e:  # an unreachable destination must not stop a fresh start
         log.warning("could not look for last-checkpoint/ at the destination: %s", e)
         return None
@@ -110,7 +110,7 @@ class CheckpointPusher:
             if ckpt is None or checkpoints.step_of(ckpt) == self.pushed_step:
                 return ckpt is not None
             try:
-                push_checkpoint(self.settings, ckpt)
+                push_checkpoint(self.settings, ckpt, run_id=self.run_dir.name)
             except Exception as e:
                 self.failures += 1
                 log.warning("checkpoint push failed (%s); training goes on, retrying at the next interval", e)

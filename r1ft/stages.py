@@ -94,7 +94,7 @@ def disk_watchdog(job: Job, plan):
             "emergency_prunes": wd.state.emergency_prunes,
         }
         log.info(
-            "disk: peak %.2f GB of %.2f GB budget (planned %.2f GB)",
+            "disk: peak %.3f GB of %.2f GB budget (planned %.2f GB)",
             wd.state.peak_bytes / GB,
             s.disk_budget_gb,
             plan.disk_peak_gb,
@@ -208,7 +208,15 @@ def merge(job: Job, tokenizer, hw, plan) -> Path:
         dtype = torch.bfloat16
         base = load_base_for_merge(job.base, s.base_revision, plan.quant, hw.device, dtype)
         merged = merge_adapter(base, job.run_dir / "adapter")
-        info = save_sharded(merged, tokenizer, out, max_shard_size="2GB")
+        on_shard = None
+        if getattr(plan, "stream_merged", False):
+            dest = job.destination()
+            log.info("streaming merged shards to %s (disk plan)", dest.location)
+
+            def on_shard(path: Path) -> None:
+                dest.stage_file(path, f"merged/{path.name}", delete_after=True)
+
+        info = save_sharded(merged, tokenizer, out, max_shard_size="2GB", on_shard=on_shard)
         del merged, base
     job.report["merge"] = info
     if s.is_tiny:  # the full check runs in the tests and on the GPU run; cheap on the tiny model
@@ -268,7 +276,7 @@ def publish(job: Job):
 
     with job.step("publish"):
         try:
-            result = publish_run(job.settings, job.run_dir, job.run_id)
+            result = publish_run(job.settings, job.run_dir, job.run_id, dest=job.destination())
         except PublishError as e:
             job.report["publish"] = {"verified": False, "error": str(e)}
             save_report(job)
@@ -283,9 +291,16 @@ def publish(job: Job):
 def stop_instance(job: Job, published=None, published_ok: bool | None = None) -> int:
     from r1ft.instance import stop_instance as stop
 
+    s = job.settings
     ok = bool(published is not None and published.verified) if published_ok is None else published_ok
-    log.info(stop(job.settings, ok))
-    return EXIT_OK if ok else EXIT_PUBLISH
+    exit_code = EXIT_OK if ok else EXIT_PUBLISH
+    if ok and s.container_id and not s.output.startswith(("hf://", "s3://")):
+        log.warning(
+            "R1FT_OUTPUT is a directory inside this instance: stopping it (disk kept), not destroying it"
+        )
+        ok = False
+    log.info(stop(s, ok))
+    return exit_code
 
 
 def copy_tree(src: Path, dst: Path) -> None:
