@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from r1ft.gguf_types import SUPPORTED_GGUF_TYPES
+
+log = logging.getLogger(__name__)
 
 ARCH = "qwen2"
 # Rows converted at a time: bounds the float32 scratch to ~64 MiB whatever the tensor.
@@ -112,6 +115,8 @@ def export_gguf(
         raise ValueError(f"unknown GGUF type(s) {unknown}; choose from {sorted(SUPPORTED_GGUF_TYPES)}")
     if not (merged_dir / "config.json").is_file():
         raise FileNotFoundError(f"{merged_dir} holds no config.json; export GGUF from the merged model dir")
+    if not types:
+        return []
     out_dir.mkdir(parents=True, exist_ok=True)
     reference = reference_logits(merged_dir)
     results = []
@@ -131,10 +136,15 @@ def _export_one(merged_dir: Path, out_dir: Path, gguf_type: str, reference: dict
     try:
         notes = write_gguf(merged_dir, partial, gguf_type)
         size = partial.stat().st_size
+        log.info(
+            "gguf %s: wrote %.2f GB in %.0f s; verifying", gguf_type, size / 1e9, time.monotonic() - start
+        )
         ok, err, why = verify_gguf(partial, gguf_type, reference)
     except Exception as e:  # one bad type must not cost the others or the run's other outputs
+        log.exception("gguf %s: export failed", gguf_type)
         partial.unlink(missing_ok=True)
         return GgufResult(gguf_type, final, 0, time.monotonic() - start, False, None, f"export failed: {e!r}")
+    log.info("gguf %s: %s (%.0f s in all)", gguf_type, why, time.monotonic() - start)
     if not ok:
         partial.unlink(missing_ok=True)
         return GgufResult(gguf_type, final, size, time.monotonic() - start, False, err, f"rejected: {why}")
@@ -628,7 +638,8 @@ def gguf_markdown(results: list[GgufResult], repo_hint: str) -> str:
     for r in results:
         err = f"{r.max_logit_err:.2g}" if r.max_logit_err is not None else "-"
         status = "verified" if r.verified else f"not published: {r.message}"
-        lines.append(f"| `gguf/{r.path.name}` | {r.type} | {_human(r.size_bytes)} | {err} | {status} |")
+        size = _human(r.size_bytes) if r.verified else "-"
+        lines.append(f"| `gguf/{r.path.name}` | {r.type} | {size} | {err} | {status} |")
     ready = [r for r in results if r.verified]
     if ready:
         best = next((r for r in ready if r.type == "q8_0"), ready[0])

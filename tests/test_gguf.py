@@ -135,6 +135,33 @@ def test_tokenizer_read_back_reproduces_training_prompts(exported, merged):
     assert got(completion)["input_ids"] == want(completion)["input_ids"]
 
 
+@pytest.mark.parametrize("gguf_type, bound", [("f16", 0.01), ("q8_0", 0.15)])
+def test_llama_cpp_runs_the_file_as_training_did(exported, merged, gguf_type, bound):
+    """The runtime itself, where llama-cpp-python is installed (not a project dependency: CI skips this).
+    llama.cpp computes in reduced precision (f16 activations; q8 activations for q8_0): measured 0.0015
+    (f16) and 0.05 (q8_0) of the logits' std on this model."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, _, kept, _ = exported
+    tok = AutoTokenizer.from_pretrained(merged)
+    llm = llama_cpp.Llama(str(kept / f"model-{gguf_type}.gguf"), logits_all=True, n_ctx=512, verbose=False)
+    problem = user_message("A 2.0 kg mass moves at 3.0 m/s. Find its kinetic energy.", "J")
+    ids = prompt_ids(tok, problem)
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
+    )
+    assert llm.tokenize(rendered.encode(), add_bos=False, special=True) == ids
+    text = "x = 5\n</think>\n\nThe answer is \\boxed{5}.<｜end▁of▁sentence｜>"
+    assert llm.tokenize(text.encode(), add_bos=True, special=True) == tok(text)["input_ids"]
+    llm.eval(ids)
+    got = torch.from_numpy(np.array(llm.scores[: len(ids)]))
+    want = _logits(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32), ids)
+    assert float((got - want).abs().max() / want.std()) < bound
+
+
 def _flip_tensor_bytes(path: Path, name: str) -> None:
     import gguf
 
@@ -206,3 +233,63 @@ def test_markdown_gives_ready_commands_and_says_what_was_withheld(tmp_path):
     assert "ollama create r1ft-q8_0 -f Modelfile" in md
     assert "aws s3 cp s3://b/p/gguf/model-q8_0.gguf" in ge.gguf_markdown(results, "s3://b/p/")
     assert ge.gguf_markdown([], "x") == ""
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def full_size_merged(tmp_path_factory) -> Path:
+    """The real architecture with random bf16 weights (3.55 GB), the tiny tokenizer padded to its vocab."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1ft.tiny import base_config, build_tokenizer
+
+    dest = tmp_path_factory.mktemp("full") / "merged"
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen2ForCausalLM(Qwen2Config(**base_config())).to(torch.bfloat16)
+    model.to("cpu").save_pretrained(dest)
+    build_tokenizer().save_pretrained(dest)
+    return dest
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="full-size export runs on the GPU machine")
+@pytest.mark.parametrize("gguf_type", ["q8_0", "f16"])
+def test_full_size_export_fits_a_16_gb_budget(full_size_merged, tmp_path, gguf_type):
+    import resource
+    import threading
+    import time
+
+    def used() -> int:
+        return sum(
+            f.stat().st_size for d in (full_size_merged, tmp_path) for f in d.rglob("*") if f.is_file()
+        )
+
+    peak, done = [used()], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            peak.append(used())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    start = time.monotonic()
+    (result,) = ge.export_gguf(full_size_merged, tmp_path, [gguf_type])
+    done.set()
+    watcher.join()
+    n_params = 1_777_088_000
+    print(
+        f"\nfull-size {gguf_type}: {result.size_bytes / 1e9:.3f} GB (estimate "
+        f"{ge.estimate_gguf_bytes(n_params, gguf_type) / 1e9:.3f}), {time.monotonic() - start:.0f} s, "
+        f"peak disk {max(peak) / 1e9:.2f} GB, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB, "
+        f"rel logit err {result.max_logit_err:.3g}: {result.message}"
+    )
+    assert result.verified, result.message
+    assert result.size_bytes <= ge.estimate_gguf_bytes(n_params, gguf_type)
+    assert max(peak) < 16e9
