@@ -7,12 +7,17 @@ uses our labels as they are: loss on the completion only, its EOS included, one 
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from r1ft.settings import Settings
+
+log = logging.getLogger("r1ft")
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ def sft_config(
         dataloader_num_workers=0 if hw.device == "cpu" else 2,
         dataloader_pin_memory=hw.device == "cuda",
         remove_unused_columns=True,
-        disable_tqdm=False,
+        disable_tqdm=not sys.stderr.isatty(),  # off a TTY the log callback prints one line per log step
         use_cpu=hw.device == "cpu",
     )
 
@@ -241,6 +246,7 @@ def run_training(
         settings, run_dir, layout, hw, quant, choices["checkpointing"], choices["liger"], has_eval=has_eval
     )
     tb = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "logs")))
+    callbacks = [tb, log_callback(), *callbacks]
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -248,8 +254,11 @@ def run_training(
         eval_dataset=eval_ds if has_eval else None,
         processing_class=tokenizer,
         peft_config=lora_config(settings),
-        callbacks=[tb, *callbacks],
+        callbacks=callbacks,
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by the log callback's lines
     out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     adapter_dir = run_dir / "adapter"
     if trainer.is_world_process_zero():
@@ -267,3 +276,40 @@ def run_training(
         metrics=metrics,
         log_history=list(trainer.state.log_history),
     )
+
+
+def log_callback():
+    """One readable log line per logging step: step, loss, learning rate, tokens/s, time left."""
+    from transformers import TrainerCallback
+
+    class LogCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0, self.step0, self.tokens0 = time.perf_counter(), state.global_step, None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            elapsed = time.perf_counter() - self.t0
+            done = max(1, state.global_step - self.step0)
+            left = (state.max_steps - state.global_step) * elapsed / done
+            parts = [f"step {state.global_step}/{state.max_steps}"]
+            for key, fmt in (
+                ("loss", ".4f"),
+                ("eval_loss", ".4f"),
+                ("learning_rate", ".2e"),
+                ("grad_norm", ".3f"),
+            ):
+                if key in logs:
+                    parts.append(f"{key} {logs[key]:{fmt}}")
+            tokens = logs.get("num_tokens")
+            if tokens is not None:
+                self.tokens0 = tokens if self.tokens0 is None else self.tokens0
+                if elapsed > 0 and tokens > self.tokens0:
+                    parts.append(f"{(tokens - self.tokens0) / elapsed:,.0f} tokens/s")
+            if "train_runtime" in logs:
+                parts.append(f"done in {logs['train_runtime']:.0f} s")
+            elif state.global_step < state.max_steps:
+                parts.append(f"~{left / 60:.1f} min left")
+            log.info("train: %s", ", ".join(parts))
+
+    return LogCallback()
