@@ -159,7 +159,8 @@ def make_plan(
     data_gb = 0.01 + raw_gb + tokens * 24 / GB  # raw files + arrow cache (ids + labels) + rendered text
     gguf = max((gguf_bytes or {}).values(), default=0) / GB
     keep = settings.save_total_limit
-    margin = 0.5 + 0.03 * settings.disk_budget_gb
+    # Room for what no item counts (Hub metadata, tokenizer caches, log growth, filesystem slack).
+    fixed = 0.3 if shape.params > 1e8 else 0.002
 
     def peak(keep_n: int, stream: bool) -> tuple[list[DiskItem], float]:
         items = [
@@ -175,9 +176,10 @@ def make_plan(
                 "written, published and deleted one 2 GB shard at a time" if stream else "",
             ),
             DiskItem("GGUF (one file at a time)", gguf),
-            DiskItem("logs, report, eval", 0.05),
-            DiskItem("margin", margin),
+            DiskItem("logs, report, eval", 0.05 if shape.params > 1e8 else 0.002),
         ]
+        subtotal = sum(i.gb for i in items)
+        items.append(DiskItem("margin", fixed + 0.05 * subtotal))
         return items, sum(i.gb for i in items)
 
     adaptations: list[str] = []

@@ -102,15 +102,19 @@ class CheckpointPusher:
         self._thread = threading.Thread(target=self.push_now, name="r1ft-checkpoint-push", daemon=True)
         self._thread.start()
 
-    def push_now(self) -> bool:
-        from r1ft.publish import push_checkpoint
+    def push_now(self, retry=None) -> bool:
+        """Push the newest complete checkpoint unless it is already there. Periodic pushes use a short retry
+        policy (the next interval is their retry); the push after an interruption uses the full one."""
+        from r1ft.publish import RetryPolicy, push_checkpoint
+
+        retry = retry or RetryPolicy(attempts=2, initial_s=1.0, max_s=5.0, sdk_attempts=2)
 
         with self._lock:
             ckpt = checkpoints.newest_complete(self.run_dir / "checkpoints", deep=False)
             if ckpt is None or checkpoints.step_of(ckpt) == self.pushed_step:
                 return ckpt is not None
             try:
-                push_checkpoint(self.settings, ckpt, run_id=self.run_dir.name)
+                push_checkpoint(self.settings, ckpt, run_id=self.run_dir.name, retry=retry)
             except Exception as e:
                 self.failures += 1
                 log.warning("checkpoint push failed (%s); training goes on, retrying at the next interval", e)
@@ -138,5 +142,7 @@ def pusher_callback(pusher: CheckpointPusher):
 
 def push_latest(pusher: CheckpointPusher) -> bool:
     """Push the newest checkpoint now (after an interruption), waiting for any push in flight."""
+    from r1ft.publish import DEFAULT_RETRY
+
     pusher.wait()
-    return pusher.push_now()
+    return pusher.push_now(retry=DEFAULT_RETRY)

@@ -151,6 +151,7 @@ def train(job: Job, tokenizer, prepared, hw, plan, watchdog, stop):
     job.report["training_choices"] = {**choices, "layout": vars(choices["layout"])}
     start = resume.find_resume_point(s, job.run_dir, job.run_id)
     job.report["resume"] = start.as_dict()
+    _record_resume(job, start)
     job.pusher = resume.CheckpointPusher(s, job.run_dir, s.push_checkpoint_every)
     callbacks = [
         trainer_callback(watchdog, stop, {"run_id": job.run_id}),
@@ -174,6 +175,7 @@ def train(job: Job, tokenizer, prepared, hw, plan, watchdog, stop):
     result.interrupted = stop.reason
     job.report["training"] = {
         "global_step": result.global_step,
+        "loss_by_step": {h["step"]: h["loss"] for h in result.log_history if "loss" in h and "step" in h},
         "metrics": result.metrics,
         "interrupted": stop.reason,
         "resumed_from": result.resumed_from,
@@ -186,13 +188,58 @@ def finish_interrupted(job: Job, stop, watchdog) -> int:
     from r1ft import resume
 
     log.warning("training stopped early (%s); the newest checkpoint is saved", stop.reason)
-    pushed = resume.push_latest(job.pusher) if job.settings.push_checkpoint_every else False
-    job.report["interruption"] = {"reason": stop.reason, "checkpoint_pushed": pushed}
+    pushed = resume.push_latest(job.pusher)
+    step = job.report.get("training", {}).get("global_step", 0)
+    entry = {"reason": stop.reason, "step": step, "checkpoint_pushed": pushed, "at": _now()}
+    job.report.setdefault("history", {}).setdefault("interruptions", []).append(entry)
     save_report(job)
+    _publish_partial(job)
     if stop.reason == "disk":
         log.error("disk budget exceeded: %s", watchdog.state.reason)
         return EXIT_DISK
     return stop.exit_code
+
+
+def _publish_partial(job: Job) -> None:
+    """Publish what exists (logs, report) beside the pushed checkpoint; never raises."""
+    from r1ft.publish import publish_run
+
+    try:
+        publish_run(job.settings, job.run_dir, job.run_id, dest=job.destination())
+    except Exception as e:
+        log.warning("could not publish the partial run (%s); it stays in %s", e, job.run_dir)
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _record_resume(job: Job, start) -> None:
+    """Carry the run's history (interruptions, resumes, steps redone) across processes."""
+    import json
+
+    previous = job.run_dir / "report.json"
+    history = {}
+    if previous.is_file():
+        try:
+            history = json.loads(previous.read_text()).get("history", {})
+        except ValueError:
+            history = {}
+    if start.checkpoint is not None:
+        from r1ft.evaluate import read_scalars
+
+        series = read_scalars(job.run_dir / "logs") if (job.run_dir / "logs").is_dir() else {}
+        last = max((step for points in series.values() for step, _ in points), default=0)
+        redone = max(0, last - start.step)
+        history.setdefault("resumes", []).append(
+            {"source": start.source, "step": start.step, "steps_redone": redone, "at": _now()}
+        )
+        log.info(
+            "resumed from %s checkpoint at step %d (%d step(s) to redo)", start.source, start.step, redone
+        )
+    job.report["history"] = history
 
 
 # --- after training -----------------------------------------------------------------------------------
@@ -274,6 +321,8 @@ def save_report(job: Job) -> None:
 def publish(job: Job):
     from r1ft.publish import PublishError, publish_run
 
+    if job.pusher is not None:
+        job.pusher.wait()  # a periodic checkpoint push still in flight finishes first
     with job.step("publish"):
         try:
             result = publish_run(job.settings, job.run_dir, job.run_id, dest=job.destination())
