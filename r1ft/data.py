@@ -1,0 +1,370 @@
+"""The training data: load both sources, render, clean, mix, split, tokenize, cache.
+
+`prepare_data(settings, tokenizer, run_dir)` runs, in order:
+1. load each source (`r1ft.sources`), check the shape of each file's first record (a wrong shape is a
+   DataError naming the file, record and field), render records (`r1ft.render`), count bad ones by
+   reason and stop when more than `max_bad_fraction` of a source is bad;
+2. the contamination guard: SciBench's main files are its test set; any example whose normalised
+   problem equals one of theirs is removed (and the split is verified clean afterwards);
+3. duplicates across sources: the same example twice (exact) or the same normalised problem twice;
+4. MathCodeInstruct's draw (`mathcodeinstruct_samples`, 0 = all): the examples ranked by a hash of
+   (seed, problem), taken in order until enough fit the length policy at `max_seq_len`;
+5. the split: an example is held out when a hash of its normalised problem falls under `eval_fraction`,
+   so the same problem always lands on the same side whatever else changes (seed included);
+6. SciBench's train examples repeated `scibench_upsample` times (after the split: no duplicate straddles
+   train and eval), train shuffled under the seed.
+
+Nothing is dropped silently: every count is in `stats` (and so in `r1ft data --stats` and report.json).
+The result is cached in `run_dir/data/`, keyed by `data_fingerprint(settings)` (file hashes or Hub
+revisions, and the settings that shape the data), the tokenizer and the policy; reused when they match.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from r1ft.chat import IGNORE_INDEX, loss_text
+from r1ft.mix import deduplicate, digest, draw_and_split, guard_contamination, source_of
+from r1ft.render import normalise_problem
+from r1ft.sources import SOURCES, DataError, Loaded, identity, load_source
+
+__all__ = ["DataError", "PreparedData", "data_fingerprint", "data_stats", "iter_rendered", "prepare_data"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when rendering or mixing changes: old caches and run ids stop matching
+SHAPING_FIELDS = (
+    "mathcodeinstruct_samples",
+    "scibench_upsample",
+    "eval_fraction",
+    "length_policy",
+    "max_seq_len",
+    "seed",
+)
+EXAMPLE_KEYS = ("id", "source", "problem", "reasoning", "answer", "gold")
+
+
+@dataclass
+class PreparedData:
+    """Tokenized train/eval sets (`input_ids`, `labels`, `source`, `id`), the eval split's example records
+    (for generation scoring), SciBench's held-out test problems, and every count."""
+
+    train: Any  # datasets.Dataset
+    eval: Any  # datasets.Dataset
+    eval_examples: list[dict]
+    scibench_test: list[dict]
+    stats: dict
+
+
+# --- fingerprint ----------------------------------------------------------------------------------------
+
+
+def data_fingerprint(settings) -> str:
+    """A hash of what the data is (file hashes, Hub id and revision) and the settings that shape it.
+
+    Cheap (no download, no parsing): it names the run. A local source that does not exist still gets a
+    fingerprint; `prepare_data` reports it.
+    """
+    sources = {}
+    for name in SOURCES:
+        try:
+            sources[name] = identity(settings, name)
+        except DataError:
+            sources[name] = {"origin": "missing", "spec": getattr(settings, f"{name}_source")}
+    shaping = {k: getattr(settings, k) for k in SHAPING_FIELDS}
+    return digest({"format": FORMAT_VERSION, "sources": sources, "settings": shaping})[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the tokenizer's vocabulary and rules, chat template and EOS."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    rules = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+    return digest([rules, tokenizer.chat_template, tokenizer.eos_token])[:16]
+
+
+def _cache_key(settings, tokenizer) -> dict[str, Any]:
+    return {
+        "data": data_fingerprint(settings),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_bad_fraction": settings.max_bad_fraction,
+    }
+
+
+# --- the whole preparation --------------------------------------------------------------------------------
+
+
+def prepare_data(settings, tokenizer, run_dir: Path) -> PreparedData:
+    """The prepared data of the run: from `run_dir/data/` when its key matches, else built and cached."""
+    start = time.monotonic()
+    cache = Path(run_dir) / "data"
+    key = _cache_key(settings, tokenizer)
+    cached = load_cache(cache, key)
+    if cached is not None:
+        cached.stats["cache_hit"] = True
+        log.info("data: reusing the prepared data in %s", cache)
+        return cached
+    prepared = build(settings, tokenizer)
+    prepared.stats.update(fingerprint=key["data"], tokenizer=key["tokenizer"], cache_hit=False)
+    prepared.stats["seconds"] = round(time.monotonic() - start, 2)
+    save_cache(cache, key, prepared)
+    counts = prepared.stats["counts"]
+    log.info(
+        "data: %d train rows %s, %d eval %s, %d SciBench test problems held out; dropped %s (%.1fs)",
+        counts["train_rows"], counts["train_by_source"], counts["eval_rows"], counts["eval_by_source"],
+        counts["scibench_test"], prepared.stats["dropped"] or "nothing", prepared.stats["seconds"],
+    )  # fmt: skip
+    return prepared
+
+
+def build(settings, tokenizer) -> PreparedData:
+    """Load, clean, draw, split, tokenize and mix (no cache)."""
+    from datasets import Dataset
+
+    clock = _Clock()
+    loaded = {name: load_source(settings, name) for name in SOURCES}
+    if all(ld.source.origin == "none" for ld in loaded.values()):
+        raise DataError(
+            "both R1FT_MATHCODEINSTRUCT_SOURCE and R1FT_SCIBENCH_SOURCE are 'none': nothing to train on"
+        )
+    test = loaded["scibench"].test
+    test_keys = {normalise_problem(t["problem_text"]) for t in test}
+    pool, contaminated = guard_contamination(
+        loaded["scibench"].examples + loaded["mathcodeinstruct"].examples, test_keys
+    )
+    pool, duplicates = deduplicate(pool)
+    clock.lap("load_render_clean")
+    train_pairs, eval_pairs, lengths = draw_and_split(pool, settings, tokenizer)
+    clock.lap("tokenize_split")
+    train_rows = [_row(ex, tok) for ex, tok in train_pairs for _ in range(_repeat(ex, settings))]
+    random.Random(settings.seed).shuffle(train_rows)
+    eval_rows = [_row(ex, tok) for ex, tok in eval_pairs]
+    leaked = sum(ex["key"] in test_keys for ex, _ in [*train_pairs, *eval_pairs])
+    if leaked:  # the guard above makes this impossible; checked anyway because it would void every score
+        raise DataError(f"internal error: {leaked} SciBench test problems reached the training data")
+    sources = {
+        name: _source_stats(
+            loaded[name], name, contaminated, duplicates, lengths[name], train_pairs, eval_pairs, settings
+        )
+        for name in SOURCES
+    }
+    stats = {
+        "sources": sources,
+        "contamination": {
+            "test_problems": len(test_keys),
+            "removed": sum(contaminated.values()),
+            "leaked": leaked,
+        },
+        **_totals(sources, train_rows, eval_rows, len(test)),
+    }
+    train, held = Dataset.from_dict(_columns(train_rows)), Dataset.from_dict(_columns(eval_rows))
+    clock.lap("datasets")
+    stats["timings"] = clock.laps
+    eval_examples = [{k: ex[k] for k in EXAMPLE_KEYS} for ex, _ in eval_pairs]
+    return PreparedData(train=train, eval=held, eval_examples=eval_examples, scibench_test=test, stats=stats)
+
+
+class _Clock:
+    """Wall seconds of each phase, for the stats."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps[name] = round(now - self._last, 2)
+        self._last = now
+
+
+def _repeat(ex: dict, settings) -> int:
+    return settings.scibench_upsample if ex["source"] == "scibench" else 1
+
+
+def _row(ex: dict, tokens: dict) -> dict:
+    return {
+        "input_ids": tokens["input_ids"],
+        "labels": tokens["labels"],
+        "source": ex["source"],
+        "id": ex["id"],
+    }
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    return {col: [r[col] for r in rows] for col in ("input_ids", "labels", "source", "id")}
+
+
+# --- statistics -----------------------------------------------------------------------------------------
+
+
+def _source_stats(
+    ld: Loaded, name: str, contaminated: Counter, duplicates: dict, lengths: Counter, train, held, settings
+) -> dict:
+    labels = ("scibench",) if name == "scibench" else ("mathcodeinstruct", "chat")
+    n_train = sum(source_of(ex) == name for ex, _ in train)
+    out: dict[str, Any] = {
+        **ld.source.describe(),
+        "shapes": sorted(ld.shapes),
+        "records": ld.records,
+        "bad": dict(ld.bad.most_common()),
+        "bad_fraction": round(sum(ld.bad.values()) / ld.records, 6) if ld.records else 0.0,
+        "bad_examples": ld.first_bad,
+        "examples": len(ld.examples),
+        "contaminated": sum(contaminated[s] for s in labels),
+        "duplicates": {kind: sum(c[s] for s in labels) for kind, c in duplicates.items()},
+        "length": {
+            k: lengths.get(k, 0) for k in ("ok", "truncated", "too_long", "prompt_too_long", "not_drawn")
+        },
+        "train": n_train,
+        "eval": sum(source_of(ex) == name for ex, _ in held),
+        "train_rows": n_train * (settings.scibench_upsample if name == "scibench" else 1),
+    }
+    if name == "scibench":
+        out |= {
+            "solution_records": ld.solution_records,
+            "test_records": ld.test_records,
+            "test": len(ld.test),
+        }
+        out["upsample"] = settings.scibench_upsample
+    else:
+        out["requested"] = settings.mathcodeinstruct_samples
+    return out
+
+
+def _percentiles(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {}
+    v = sorted(values)
+    pick = lambda q: v[min(len(v) - 1, int(q * len(v)))]  # noqa: E731
+    return {
+        "min": v[0],
+        "p50": pick(0.5),
+        "p90": pick(0.9),
+        "p99": pick(0.99),
+        "max": v[-1],
+        "mean": round(sum(v) / len(v), 1),
+    }
+
+
+def _totals(sources: dict, train_rows: list[dict], eval_rows: list[dict], n_test: int) -> dict:
+    dropped: Counter = Counter()
+    for s in sources.values():
+        dropped.update({f"bad:{reason}": c for reason, c in s["bad"].items()})
+        dropped["contaminated"] += s["contaminated"]
+        dropped["duplicate_exact"] += s["duplicates"]["exact"]
+        dropped["duplicate_problem"] += s["duplicates"]["problem"]
+        for what in ("too_long", "prompt_too_long"):
+            dropped[what] += s["length"][what]
+    unique = {r["id"]: len(r["input_ids"]) for r in [*train_rows, *eval_rows]}
+    return {
+        "counts": {
+            "train_rows": len(train_rows),
+            "eval_rows": len(eval_rows),
+            "train_by_source": dict(Counter(r["source"] for r in train_rows)),
+            "eval_by_source": dict(Counter(r["source"] for r in eval_rows)),
+            "scibench_test": n_test,
+            "truncated": sum(s["length"]["truncated"] for s in sources.values()),
+        },
+        "dropped": {k: v for k, v in sorted(dropped.items()) if v},
+        "tokens": {
+            "train_total": sum(len(r["input_ids"]) for r in train_rows),
+            "train_loss": sum(len(r["labels"]) - r["labels"].count(IGNORE_INDEX) for r in train_rows),
+            "eval_total": sum(len(r["input_ids"]) for r in eval_rows),
+            "length": _percentiles(list(unique.values())),
+        },
+    }
+
+
+def data_stats(prepared: PreparedData) -> dict:
+    """The JSON summary `r1ft data --stats` prints (and report.json holds)."""
+    return prepared.stats
+
+
+# --- cache ----------------------------------------------------------------------------------------------
+
+
+def save_cache(cache: Path, key: dict, prepared: PreparedData) -> None:
+    """Write the prepared data beside the final folder, then swap it in (a crash leaves no half cache)."""
+    tmp = cache.with_name(cache.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with _quiet_progress():
+        prepared.train.save_to_disk(str(tmp / "train"))
+        prepared.eval.save_to_disk(str(tmp / "eval"))
+    _write_jsonl(tmp / "eval_examples.jsonl", prepared.eval_examples)
+    _write_jsonl(tmp / "scibench_test.jsonl", prepared.scibench_test)
+    (tmp / "stats.json").write_text(json.dumps(prepared.stats, indent=2, default=str))
+    (tmp / "key.json").write_text(json.dumps(key, indent=2))
+    shutil.rmtree(cache, ignore_errors=True)
+    tmp.rename(cache)
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """No `datasets` progress bars while saving (they would clutter `r1ft data` and the job log)."""
+    import datasets
+
+    was_enabled = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def load_cache(cache: Path, key: dict) -> PreparedData | None:
+    """The cached prepared data if its key matches `key`, else None."""
+    from datasets import Dataset
+
+    try:
+        if json.loads((cache / "key.json").read_text()) != key:
+            return None
+        return PreparedData(
+            train=Dataset.load_from_disk(str(cache / "train")),
+            eval=Dataset.load_from_disk(str(cache / "eval")),
+            eval_examples=_read_jsonl(cache / "eval_examples.jsonl"),
+            scibench_test=_read_jsonl(cache / "scibench_test.jsonl"),
+            stats=json.loads((cache / "stats.json").read_text()),
+        )
+    except (OSError, ValueError) as e:  # absent or damaged: rebuild
+        if (cache / "key.json").exists():
+            log.warning("data: the cache in %s is unreadable (%s); rebuilding it", cache, e)
+        return None
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# --- printing -----------------------------------------------------------------------------------------------
+
+
+def iter_rendered(
+    prepared: PreparedData, tokenizer, split: str = "train", limit: int | None = None
+) -> Iterator[dict]:
+    """`{"source", "text", "loss_text"}` per example of a split: the whole rendered example decoded from
+    its ids, and the decoded text of exactly the tokens that carry loss."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
+    ds = prepared.train if split == "train" else prepared.eval
+    n = len(ds) if limit is None else min(max(limit, 0), len(ds))
+    for row in ds.select(range(n)):
+        yield {
+            "source": row["source"],
+            "text": tokenizer.decode(row["input_ids"]),
+            "loss_text": loss_text(tokenizer, row["input_ids"], row["labels"]),
+        }

@@ -1,0 +1,154 @@
+"""Cleaning and mixing: the contamination guard, dedup, the seeded draw, the length policy, the split.
+
+Every decision is a function of the normalised problem (and the seed for the draw), never of a position
+in a shuffled list, so the same data always gives the same draw and the same split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from typing import Any
+
+from r1ft.chat import IGNORE_INDEX, completion_text, prompt_text
+from r1ft.sources import SOURCES, DataError
+
+TOKENIZE_CHUNK = 2048
+
+
+def digest(value: Any) -> str:
+    """sha256 hex of a JSON-able value (keys sorted)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def guard_contamination(examples: list[dict], test_keys: set[str]) -> tuple[list[dict], Counter]:
+    """Examples whose normalised problem is not a SciBench test problem; the removed counted per source."""
+    kept, removed = [], Counter()
+    for ex in examples:
+        if ex["key"] in test_keys:
+            removed[ex["source"]] += 1
+        else:
+            kept.append(ex)
+    return kept, removed
+
+
+def deduplicate(examples: list[dict]) -> tuple[list[dict], dict[str, Counter]]:
+    """The first example of each normalised problem; the others counted per source as exact duplicates
+    (the same problem, reasoning and answer) or problem duplicates (another solution of it)."""
+    seen: dict[str, str] = {}
+    kept, counts = [], {"exact": Counter(), "problem": Counter()}
+    for ex in examples:
+        whole = digest([ex["key"], " ".join(ex["reasoning"].split()), " ".join(ex["answer"].split())])
+        if ex["key"] in seen:
+            counts["exact" if seen[ex["key"]] == whole else "problem"][ex["source"]] += 1
+            continue
+        seen[ex["key"]] = whole
+        kept.append(ex)
+    return kept, counts
+
+
+def _unit_hash(*parts: Any) -> float:
+    """A uniform number in [0, 1) from the parts (stable across processes and machines)."""
+    return int(digest([str(p) for p in parts])[:15], 16) / 16**15
+
+
+def is_eval(key: str, fraction: float) -> bool:
+    """Whether the problem with this normalised text is held out (independent of the seed and the rest)."""
+    return _unit_hash("split", key) < fraction
+
+
+def tokenize_examples(tokenizer, examples: list[dict]) -> list[dict[str, list[int]]]:
+    """`chat.tokenize_example` for many examples, in batched fast-tokenizer calls (the same ids)."""
+    out = []
+    for i in range(0, len(examples), TOKENIZE_CHUNK):
+        chunk = examples[i : i + TOKENIZE_CHUNK]
+        prompts = [prompt_text(tokenizer, ex["problem"]) for ex in chunk]
+        completions = [completion_text(ex["reasoning"], ex["answer"], tokenizer.eos_token) for ex in chunk]
+        p_ids, c_ids = _encode(tokenizer, prompts), _encode(tokenizer, completions)
+        out += [
+            {"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c}
+            for p, c in zip(p_ids, c_ids, strict=True)
+        ]
+    return out
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids without special tokens. A fast tokenizer's Rust backend is called directly when it has no
+    truncation or padding set (the same ids as `tokenizer(...)`, without building attention masks)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def fit_length(tokens: dict[str, list[int]], max_len: int, policy: str) -> tuple[dict | None, str]:
+    """The tokens within `max_len` under the policy, and what happened: 'ok', 'truncated', 'too_long'
+    (dropped) or 'prompt_too_long' (truncation would leave no token with loss)."""
+    if len(tokens["input_ids"]) <= max_len:
+        return tokens, "ok"
+    if policy == "drop":
+        return None, "too_long"
+    cut = {k: v[:max_len] for k, v in tokens.items()}
+    if all(label == IGNORE_INDEX for label in cut["labels"]):
+        return None, "prompt_too_long"
+    return cut, "truncated"
+
+
+def draw(examples: list[dict], want: int, settings, tokenizer) -> tuple[list[tuple[dict, dict]], Counter]:
+    """Up to `want` examples (0: all) that fit the length policy, ranked by a hash of (seed, problem);
+    examples that do not fit are replaced by the next ones. Returns (example, tokens) pairs and counts."""
+    ranked = sorted(examples, key=lambda ex: _unit_hash(settings.seed, "draw", ex["key"]))
+    want = want or len(ranked)
+    kept, counts, pos = [], Counter(), 0
+    while len(kept) < want and pos < len(ranked):
+        batch = ranked[pos : pos + max(want - len(kept), 256)]
+        for ex, tokens in zip(batch, tokenize_examples(tokenizer, batch), strict=True):
+            pos += 1
+            fitted, what = fit_length(tokens, settings.max_seq_len, settings.length_policy)
+            counts[what] += 1
+            if fitted is not None:
+                kept.append((ex, fitted))
+                if len(kept) == want:
+                    break
+    counts["not_drawn"] = len(ranked) - pos
+    return kept, counts
+
+
+def source_of(ex: dict) -> str:
+    """The source setting an example came from (chat-form records come through MathCodeInstruct's)."""
+    return "scibench" if ex["source"] == "scibench" else "mathcodeinstruct"
+
+
+def draw_and_split(
+    pool: list[dict], settings, tokenizer
+) -> tuple[list[tuple], list[tuple], dict[str, Counter]]:
+    """Each source's draw (MathCodeInstruct: `mathcodeinstruct_samples`; SciBench: all), tokenized under
+    the length policy, split by problem hash; eval ordered by that hash. Returns (train, eval, counts)."""
+    train, held, lengths = [], [], {}
+    for name in SOURCES:
+        mine = [ex for ex in pool if source_of(ex) == name]
+        want = settings.mathcodeinstruct_samples if name == "mathcodeinstruct" else 0
+        drawn, lengths[name] = draw(mine, want, settings, tokenizer)
+        for pair in drawn:
+            (held if is_eval(pair[0]["key"], settings.eval_fraction) else train).append(pair)
+    train, held = ensure_both_splits(train, held)
+    held.sort(key=lambda pair: _unit_hash("split", pair[0]["key"]))
+    return train, held, lengths
+
+
+def ensure_both_splits(train: list[tuple], held: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """Small data can hash every problem to one side: then the problem with the lowest (or highest) split
+    hash crosses over, so both eval loss and training have an example. DataError when nothing is left."""
+    if not train and not held:
+        raise DataError(
+            "no example is left after cleaning and the length policy: see the counts in `r1ft data --stats`"
+        )
+    if len(train) + len(held) < 2:
+        return train, held
+    rank = sorted(held or train, key=lambda pair: _unit_hash("split", pair[0]["key"]))
+    if not held:
+        return rank[1:], rank[:1]
+    if not train:
+        return rank[-1:], rank[:-1]
+    return train, held

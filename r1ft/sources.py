@@ -1,0 +1,388 @@
+"""Where the data comes from: a Hub dataset at a pinned revision, local files, the shipped samples, or none.
+
+A source setting (`R1FT_MATHCODEINSTRUCT_SOURCE`, `R1FT_SCIBENCH_SOURCE`) is one of:
+- `builtin`: the project's own small samples in each dataset's real schema (`r1ft/assets/samples/`);
+- `none`: leave the source out;
+- a local file, directory (searched recursively) or glob of `.jsonl`, `.json` (array or JSON lines) and
+  `.parquet` files;
+- a Hub dataset id `owner/name`, downloaded with `huggingface_hub.snapshot_download` at the revision
+  setting into `{work_dir}/hf_cache`, then read file by file (SciBench's Hub split mixes two schemas, so
+  nothing goes through `load_dataset`).
+
+Records are read lazily, one at a time, with their 1-based position; a line that is not valid UTF-8 or
+JSON comes back as a `BadRecord` to count, not an exception.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from r1ft import render
+from r1ft.render import BadRecord
+
+SOURCES = ("mathcodeinstruct", "scibench")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+# What to fetch from each Hub repo: MathCodeInstruct's `train_80k.jsonl` (or a parquet export), and
+# SciBench's 20 files by name wherever they sit in the repo (its other files are not data).
+SCIBENCH_NAMES = ("atkins", "chemmc", "quan", "matter", "fund", "class", "thermo", "stat", "calculus", "diff")
+HUB_PATTERNS = {
+    "mathcodeinstruct": ["*.jsonl", "*.parquet"],
+    "scibench": [f"*{name}{suffix}.json" for name in SCIBENCH_NAMES for suffix in ("", "_sol")],
+}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+STRUCTURAL = ("missing_field", "wrong_type", "unsupported_shape")  # on a file's first record: a wrong shape
+ACCEPTED_SHAPES = {"mathcodeinstruct": ("mathcodeinstruct", "chat"), "scibench": ("scibench",)}
+EXPECTED_SHAPE = {
+    "mathcodeinstruct": f"MathCodeInstruct's shape {render.MCI_SHAPE} or chat form {render.CHAT_SHAPE}",
+    "scibench": f"SciBench's shape: {render.SCIBENCH_SHAPE}",
+}
+
+
+class DataError(Exception):
+    """A fatal data problem (bad shape, too many bad records, no Hub); the message says what to do."""
+
+
+@dataclass
+class Source:
+    """A source setting resolved to files on local disk."""
+
+    name: str  # "mathcodeinstruct" | "scibench"
+    spec: str  # the setting's value
+    origin: str  # "builtin" | "local" | "hub" | "none"
+    files: list[Path] = field(default_factory=list)
+    revision: str | None = None  # the Hub commit the files came from
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "origin": self.origin,
+            "revision": self.revision,
+            "files": [str(f) for f in self.files],
+        }
+
+
+def env_name(source: str, what: str = "SOURCE") -> str:
+    return f"R1FT_{source.upper()}_{what}"
+
+
+def builtin_dir() -> Path:
+    """The shipped samples (`r1ft/assets/samples/`)."""
+    return Path(str(resources.files("r1ft.assets").joinpath("samples")))
+
+
+def builtin_files(source: str) -> list[Path]:
+    root = builtin_dir()
+    if source == "mathcodeinstruct":
+        return [root / "mathcodeinstruct_sample.jsonl"]
+    return sorted((root / "scibench").glob("*.json"))
+
+
+def source_kind(spec: str) -> str:
+    """'none', 'builtin', 'local' or 'hub' for a source setting (no I/O beyond a path existence check)."""
+    value = spec.strip()
+    if value.lower() in ("none", ""):
+        return "none"
+    if value.lower() == "builtin":
+        return "builtin"
+    path = Path(value).expanduser()
+    if path.exists() or path.suffix in DATA_SUFFIXES or any(c in value for c in "*?[") or value[0] in "/.~":
+        return "local"
+    return "hub" if _HUB_ID.fullmatch(value) else "local"
+
+
+def local_files(spec: str, setting: str) -> list[Path]:
+    """The data files of a local file, directory (recursive) or glob, sorted; DataError if there are none."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+    else:
+        files = sorted(
+            Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).suffix in DATA_SUFFIXES
+        )
+    if not files:
+        where = (
+            "matches no file"
+            if any(c in spec for c in "*?[")
+            else "does not exist"
+            if not path.exists()
+            else "holds no .jsonl/.json/.parquet file"
+        )
+        raise DataError(
+            f"{setting}={spec!r} {where} ({path.resolve()}); point it at a .jsonl, .json or .parquet file, "
+            "a directory or a glob of them"
+        )
+    return files
+
+
+def resolve(settings, source: str) -> Source:
+    """The source's files on local disk, downloading a Hub dataset into `{work_dir}/hf_cache` if needed."""
+    spec = getattr(settings, f"{source}_source")
+    kind = source_kind(spec)
+    if kind == "none":
+        return Source(source, spec, "none")
+    if kind == "builtin":
+        return Source(source, spec, "builtin", builtin_files(source))
+    if kind == "local":
+        return Source(source, spec, "local", local_files(spec, env_name(source)))
+    revision = getattr(settings, f"{source}_revision")
+    token = settings.hf_token.get_secret_value() if settings.hf_token is not None else None
+    root = hub_download(spec.strip(), revision, Path(settings.work_dir) / "hf_cache", token, source)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+    if not files:
+        raise DataError(
+            f"the Hub dataset {spec} at revision {revision!r} has no file matching {HUB_PATTERNS[source]}; "
+            f"check {env_name(source)} / {env_name(source, 'REVISION')}, "
+            f"or point {env_name(source)} at a local copy"
+        )
+    return Source(source, spec, "hub", files, revision=root.name)
+
+
+def hub_download(repo: str, revision: str, cache_dir: Path, token: str | None, source: str) -> Path:
+    """`snapshot_download` of the source's data files; Hub failures become DataErrors that say what to do."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    setting, rev_setting = env_name(source), env_name(source, "REVISION")
+    local = f"or download it elsewhere and point {setting} at the local copy (a file, directory or glob)"
+    try:
+        path = snapshot_download(
+            repo_id=repo, repo_type="dataset", revision=revision, cache_dir=str(cache_dir),
+            allow_patterns=HUB_PATTERNS[source], token=token,
+        )  # fmt: skip
+    except GatedRepoError as e:
+        raise DataError(
+            f"the Hub dataset {repo} is gated (401/403): accept its terms on "
+            f"https://huggingface.co/datasets/{repo} and set HF_TOKEN to a token of that account, {local}"
+        ) from e
+    except RepositoryNotFoundError as e:
+        raise DataError(
+            f"the Hub dataset {repo} was not found or is private (401/404): check {setting}={repo!r} "
+            f"(if it is meant as a local path, {Path(repo).resolve()} does not exist); for a private "
+            f"dataset set HF_TOKEN to a token that can read it, {local}"
+        ) from e
+    except RevisionNotFoundError as e:
+        raise DataError(
+            f"the Hub dataset {repo} has no revision {revision!r}: set {rev_setting} to an existing "
+            f"branch, tag or commit, {local}"
+        ) from e
+    except LocalEntryNotFoundError as e:
+        raise DataError(
+            f"cannot reach the Hub to download the dataset {repo} (revision {revision!r}) and it is not "
+            f"in the cache {cache_dir}: check the network (and HF_HUB_OFFLINE), {local}"
+        ) from e
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", "?")
+        hint = "set HF_TOKEN to a token that can read it" if status in (401, 403) else "retry later"
+        raise DataError(f"the Hub refused the dataset {repo} (HTTP {status}): {hint}, {local}") from e
+    except (OSError, ValueError) as e:  # connection errors, offline mode, a malformed id
+        raise DataError(
+            f"could not download the Hub dataset {repo} ({type(e).__name__}: {e}): check the network and "
+            f"{setting}, {local}"
+        ) from e
+    return Path(path)
+
+
+# --- identity (for the fingerprint) ---------------------------------------------------------------------
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256, memoised on (path, size, mtime) for the process."""
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _HASHES:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        _HASHES[memo] = h.hexdigest()
+    return _HASHES[memo]
+
+
+def identity(settings, source: str) -> dict[str, Any]:
+    """What the source's data is, cheaply: hashes of local and builtin files, id and revision of a Hub one."""
+    spec = getattr(settings, f"{source}_source")
+    kind = source_kind(spec)
+    if kind == "none":
+        return {"origin": "none"}
+    if kind == "hub":
+        return {"origin": "hub", "repo": spec.strip(), "revision": getattr(settings, f"{source}_revision")}
+    files = builtin_files(source) if kind == "builtin" else local_files(spec, env_name(source))
+    return {"origin": kind, "files": [[f.name, file_sha256(f)] for f in files]}
+
+
+# --- reading records ----------------------------------------------------------------------------------
+
+
+def read_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """(1-based position, record) for each record of a file; a BadRecord for an undecodable line."""
+    if path.suffix == ".parquet":
+        yield from _read_parquet(path)
+    elif path.suffix == ".json":
+        yield from _read_json(path)
+    else:
+        yield from _read_jsonl(path.read_bytes().split(b"\n"))
+
+
+def _read_jsonl(lines: list[bytes]) -> Iterator[tuple[int, Any]]:
+    for n, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield n, json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            yield n, BadRecord("undecodable_text", f"line {n}", f"invalid UTF-8 at byte {e.start}")
+        except json.JSONDecodeError as e:
+            yield n, BadRecord("undecodable_text", f"line {n}", f"invalid JSON: {e.msg} at column {e.colno}")
+
+
+def _read_json(path: Path) -> Iterator[tuple[int, Any]]:
+    """A JSON array (SciBench's files), or JSON lines in a `.json` file."""
+    raw = path.read_bytes()
+    # Undecodable bytes become lone surrogates, which the renderer counts per record.
+    text = raw.decode("utf-8", errors="surrogateescape")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        if text.lstrip().startswith("{"):
+            yield from _read_jsonl(raw.split(b"\n"))
+            return
+        raise DataError(
+            f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); expected a JSON "
+            "array of records or JSON lines"
+        ) from e
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise DataError(
+            f"{path}: the top level is a {type(value).__name__}; expected a JSON array of records"
+        )
+    yield from enumerate(value, start=1)
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a damaged file
+        raise DataError(f"{path}: not a readable parquet file ({e})") from e
+    n = 0
+    for batch in pf.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row
+
+
+# --- loading and rendering a source -------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    """One source after loading and rendering."""
+
+    source: Source
+    shapes: set[str] = field(default_factory=set)
+    records: int = 0
+    solution_records: int = 0
+    test_records: int = 0
+    bad: Counter = field(default_factory=Counter)
+    bad_files: Counter = field(default_factory=Counter)
+    first_bad: list[str] = field(default_factory=list)
+    examples: list[dict] = field(default_factory=list)
+    test: list[dict] = field(default_factory=list)
+
+
+def _renderer(shape: str, path: Path):
+    if shape == "scibench":
+        return render.render_scibench_solution if path.stem.endswith("_sol") else render.scibench_test_record
+    return render.render_chat if shape == "chat" else render.render_mathcodeinstruct
+
+
+def _first_record_shape(loaded: Loaded, path: Path, n: int, record: Any) -> str:
+    """The file's shape from its first record; a DataError naming file, record and field if it is wrong."""
+    name = loaded.source.name
+    try:
+        shape = render.record_shape(record)
+        if shape not in ACCEPTED_SHAPES[name]:
+            raise BadRecord("unsupported_shape", "<record>", f"it looks like a {shape} record")
+        _renderer(shape, path)(record)
+    except BadRecord as e:
+        if e.reason in STRUCTURAL:
+            raise DataError(
+                f"{path}: record {n}, field {e.field}: {e.reason.replace('_', ' ')}"
+                + (f" ({e.detail})" if e.detail else "")
+                + f". Expected {EXPECTED_SHAPE[name]}. Point {env_name(name)} at data of that shape."
+            ) from e
+    return shape
+
+
+def _count_bad(loaded: Loaded, path: Path, n: int, bad: BadRecord) -> None:
+    loaded.bad[bad.reason] += 1
+    loaded.bad_files[str(path)] += 1
+    if len(loaded.first_bad) < 5:
+        loaded.first_bad.append(
+            f"{path} record {n}, field {bad.field}: {bad.reason}" + (f" ({bad.detail})" if bad.detail else "")
+        )
+
+
+def load_source(settings, name: str) -> Loaded:
+    """Resolve, read and render one source; DataError on a wrong shape or too many bad records."""
+    loaded = Loaded(resolve(settings, name))
+    for path in loaded.source.files:
+        shape = None
+        is_test = name == "scibench" and not path.stem.endswith("_sol")
+        for n, record in read_records(path):
+            loaded.records += 1
+            if name == "scibench":
+                loaded.test_records += is_test
+                loaded.solution_records += not is_test
+            if isinstance(record, BadRecord):
+                _count_bad(loaded, path, n, record)
+                continue
+            if shape is None:
+                shape = _first_record_shape(loaded, path, n, record)
+                loaded.shapes.add(shape)
+            try:
+                rendered = _renderer(shape, path)(record)
+            except BadRecord as bad:
+                _count_bad(loaded, path, n, bad)
+                continue
+            (loaded.test if is_test else loaded.examples).append(rendered)
+    _check_bad_fraction(loaded, settings.max_bad_fraction)
+    return loaded
+
+
+def _check_bad_fraction(loaded: Loaded, limit: float) -> None:
+    name, total, bad = loaded.source.name, loaded.records, sum(loaded.bad.values())
+    if loaded.source.origin != "none" and total == 0:
+        raise DataError(
+            f"{env_name(name)}={loaded.source.spec!r}: no records in {[str(f) for f in loaded.source.files]}"
+        )
+    if total and bad / total > limit:
+        reasons = ", ".join(f"{r}: {c}" for r, c in loaded.bad.most_common(3))
+        files = ", ".join(f"{f} ({c})" for f, c in loaded.bad_files.most_common(3))
+        raise DataError(
+            f"{bad} of {total} {name} records ({bad / total:.1%}) are bad, more than R1FT_MAX_BAD_FRACTION="
+            f"{limit}. Commonest reasons: {reasons}. Files: {files}. "
+            f"First: {'; '.join(loaded.first_bad[:3])}. "
+            "Fix or remove those records, or raise R1FT_MAX_BAD_FRACTION."
+        )
