@@ -93,7 +93,7 @@ def run_job(settings: Settings) -> int:
             merged = stages.merge(job, tokenizer, hw, plan)
             stages.evaluate(job, prepared, merged)
             stages.export_gguf(job, merged, plan)
-            stages.write_report(job, prepared, result, watchdog)
+        stages.write_report(job)
         published = stages.publish(job)
         return stages.stop_instance(job, published)
     except JobError as e:

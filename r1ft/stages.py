@@ -305,7 +305,7 @@ def export_gguf(job: Job, merged: Path, plan) -> None:
     job.report["gguf"] = [json_safe(r) for r in results]
 
 
-def write_report(job: Job, prepared, result, watchdog) -> None:
+def write_report(job: Job) -> None:
     from r1ft.report import write_model_card
 
     save_report(job)

@@ -1,0 +1,149 @@
+"""The whole job on the embedded tiny default, end to end, as `make demo` runs it."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from jobrun import job_env, published_dir, run_dir_of, run_job
+
+pytestmark = pytest.mark.slow
+
+SECRET = "hf_NEVER_PRINT_THIS_TOKEN_123"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke")
+    env = job_env(tmp, HF_TOKEN=SECRET)
+    result = run_job(env, tmp)
+    return tmp, result
+
+
+def test_smoke_job_exits_0_and_says_where_everything_is(smoke):
+    tmp, result = smoke
+    assert result.rc == 0, result.output[-3000:]
+    assert f"published to {published_dir(tmp)}" in result.output
+    assert "merged/" in result.output and "report" in result.output
+
+
+def test_published_tree_holds_every_output(smoke):
+    tmp, _ = smoke
+    pub = published_dir(tmp)
+    for rel in (
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tokenizer.json",
+        "adapter/tokenizer_config.json",
+        "merged/config.json",
+        "merged/generation_config.json",
+        "merged/tokenizer.json",
+        "report.json",
+        "README.md",
+        "manifest.json",
+        "eval/results.json",
+        "eval/loss_curve.png",
+    ):
+        assert (pub / rel).is_file(), rel
+    assert list((pub / "merged").glob("*.safetensors"))
+    events = list((pub / "logs").glob("events.out.tfevents.*"))
+    assert events
+
+
+def test_tensorboard_events_are_real_and_hold_the_losses(smoke):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tmp, _ = smoke
+    (events,) = (published_dir(tmp) / "logs").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "train/loss" in tags and "eval/loss" in tags
+    losses = [e.value for e in acc.Scalars("train/loss")]
+    assert len(losses) >= 10 and losses[-1] < losses[0]
+
+
+def test_manifest_lists_every_published_file_with_its_checksum(smoke):
+    import hashlib
+
+    tmp, _ = smoke
+    pub = published_dir(tmp)
+    manifest = json.loads((pub / "manifest.json").read_text())
+    listed = {f["path"]: f for f in manifest["files"]}
+    on_disk = {
+        p.relative_to(pub).as_posix()
+        for p in pub.rglob("*")
+        if p.is_file() and p.name != "manifest.json" and "last-checkpoint" not in p.parts
+    }
+    assert on_disk == set(listed)
+    for rel, f in listed.items():
+        data = (pub / rel).read_bytes()
+        assert len(data) == f["size"] and hashlib.sha256(data).hexdigest() == f["sha256"]
+
+
+def test_report_has_stats_metrics_timings_disk_and_evaluation(smoke):
+    tmp, _ = smoke
+    report = json.loads((published_dir(tmp) / "report.json").read_text())
+    for key in ("settings", "data", "training", "timings_s", "disk", "evaluation", "plan", "environment"):
+        assert key in report, key
+    assert report["training"]["global_step"] == 12
+    assert report["disk"]["peak_gb"] > 0
+    assert report["merge"]["max_logit_diff_fp32"] < 1e-4
+    card = (published_dir(tmp) / "README.md").read_text()
+    assert "base_model" in card or "Recipe" in card
+    assert "## Evaluation" in card and "loss_curve.png" in card
+
+
+def test_no_secret_anywhere(smoke):
+    tmp, result = smoke
+    assert SECRET not in result.output
+    for p in tmp.rglob("*"):
+        if p.is_file() and p.stat().st_size < 50_000_000:
+            assert SECRET.encode() not in p.read_bytes(), p
+
+
+def test_merged_safetensors_are_bf16(smoke):
+    tmp, _ = smoke
+    (shard,) = (published_dir(tmp) / "merged").glob("*.safetensors")
+    raw = shard.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    assert dtypes == {"BF16"}
+
+
+def test_data_command_prints_rendered_examples_and_stats(smoke):
+    tmp, _ = smoke
+    env = job_env(tmp)
+    result = run_job(env, tmp, "data", "--json", "--limit", "3")
+    assert result.rc == 0, result.output[-2000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert set(row) >= {"source", "text", "loss_text"}
+        assert row["text"].endswith(row["loss_text"])
+        assert "<｜Assistant｜><think>\n" in row["text"] and row["loss_text"].endswith(
+            "<｜end▁of▁sentence｜>"
+        )
+    stats = run_job(env, tmp, "data", "--stats")
+    assert stats.rc == 0
+    summary = json.loads(stats.stdout)
+    assert summary["sources"]
+
+
+def test_stage_commands_work_on_the_run_dir(smoke):
+    tmp, _ = smoke
+    run_dir = run_dir_of(tmp)
+    env = job_env(tmp, R1FT_OUTPUT=str(tmp / "republished"))
+    assert run_job(env, tmp, "publish", "--run-dir", str(run_dir)).rc == 0
+    assert (tmp / "republished" / "manifest.json").is_file()
+    collected = run_job(env, tmp, "collect", str(tmp / "republished"), str(tmp / "collected"))
+    assert collected.rc == 0, collected.output[-2000:]
+    assert (tmp / "collected" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_every_command_has_help(tmp_path):
+    for cmd in ("run", "plan", "data", "merge", "eval", "publish", "collect", "gguf", "bench"):
+        result = run_job(job_env(tmp_path), tmp_path, cmd, "--help")
+        assert result.rc == 0 and "usage: r1ft" in result.output, cmd
