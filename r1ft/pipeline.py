@@ -87,7 +87,7 @@ def run_job(settings: Settings) -> int:
             job.base = stages.fetch_base_model(job)
             tokenizer = stages.load_tokenizer(job)
             prepared = stages.prepare_data(job, tokenizer)
-            result = stages.train(job, tokenizer, prepared, hw, plan, watchdog, stop)
+            stages.train(job, tokenizer, prepared, hw, plan, watchdog, stop)
             if stop.reason:
                 return stages.finish_interrupted(job, stop, watchdog)
             merged = stages.merge(job, tokenizer, hw, plan)
