@@ -65,6 +65,7 @@ class Plan:
     adaptations: list[str] = field(default_factory=list)
     keep_checkpoints: int = 3
     stream_merged: bool = False
+    minimum_gb: float = 0.0  # the smallest peak the plan can adapt to (1 checkpoint kept, merge streamed)
     quant: str = "none"
     checkpointing: bool = False
     vram_peak_gb: float = 0.0
@@ -147,7 +148,8 @@ def make_plan(
         checkpointing = settings.gradient_checkpointing == "true"
     vram = vram_peak_gb(shape, quant, checkpointing, micro_tokens)
 
-    base_gb = 0.0 if base_on_disk_outside_work else shape.params * 2 / GB
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "bfloat16")
+    base_gb = 0.0 if base_on_disk_outside_work else shape.params * (4 if dtype == "float32" else 2) / GB
     merged_gb = shape.params * 2 / GB
     ckpt = checkpoint_gb(shape, quant)
     if settings.mathcodeinstruct_source in ("builtin", "none"):
@@ -193,6 +195,7 @@ def make_plan(
         keep -= 1
         items, total = peak(keep, stream)
         adaptations.append(f"keep {keep} checkpoint(s) instead of {settings.save_total_limit}")
+    _, minimum = peak(1, True)
     problems = []
     if total > settings.disk_budget_gb:
         problems.append(
@@ -213,7 +216,8 @@ def make_plan(
     hours = total_tokens / rate / 3600
     return Plan(
         disk_items=items,
-        disk_peak_gb=round(total, 2),
+        disk_peak_gb=round(total, 3),
+        minimum_gb=round(minimum, 3),
         disk_budget_gb=settings.disk_budget_gb,
         free_gb=round(free_gb, 1),
         fits=not problems,
@@ -231,14 +235,19 @@ def make_plan(
     )
 
 
+def size(gb: float) -> str:
+    """A size in GB or, below one GB, in MB."""
+    return f"{gb:8.2f} GB" if gb >= 1 or gb == 0 else f"{gb * 1000:8.1f} MB"
+
+
 def render_plan(plan: Plan, gpu_name: str = "") -> str:
     """The plan as the human-readable table printed at start."""
     lines = ["Plan", "  disk (work dir):"]
     for item in plan.disk_items:
         note = f"  ({item.note})" if item.note else ""
-        lines.append(f"    {item.name:<44} {item.gb:8.2f} GB{note}")
+        lines.append(f"    {item.name:<44} {size(item.gb)}{note}")
     lines.append(
-        f"    {'expected peak':<44} {plan.disk_peak_gb:8.2f} GB of {plan.disk_budget_gb:g} GB budget, "
+        f"    {'expected peak':<44} {size(plan.disk_peak_gb)} of {plan.disk_budget_gb:g} GB budget, "
         f"{plan.free_gb:g} GB free"
     )
     for a in plan.adaptations:
@@ -264,5 +273,5 @@ def config_for(settings: Settings, base_path: Path | None = None) -> dict:
     if base_path is not None and (Path(base_path) / "config.json").is_file():
         return json.loads((Path(base_path) / "config.json").read_text())
     if settings.is_tiny:
-        return {**TINY_SHAPE, "vocab_size": 576}
+        return {**TINY_SHAPE, "vocab_size": 576, "dtype": "float32"}
     return base_config()
