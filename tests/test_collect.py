@@ -1,0 +1,88 @@
+"""scripts/collect: fetch a published run (a local directory stands in for the Hub or S3) through
+`r1ft collect`, verified against its manifest, then print the report's summary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "collect"
+REPORT = {
+    "run_id": "r1ft-full-0123456789",
+    "settings": {"base_model": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "preset": "full"},
+    "training": {
+        "global_step": 4218,
+        "metrics": {"train_loss": 0.41234, "eval_loss": 0.4567},
+        "resumed_from": "",
+    },
+    "evaluation": {
+        "accuracy": {
+            "scibench-test": {
+                "before": {"correct": 40, "n": 200, "accuracy": 0.2, "ci95": [0.15, 0.26]},
+                "after": {"correct": 60, "n": 200, "accuracy": 0.3, "ci95": [0.24, 0.37]},
+            }
+        }
+    },
+    "timings_s": {"train": 3600.0, "evaluate": 600.0},
+}
+
+
+def publish_by_hand(root: Path, files: dict[str, bytes]) -> Path:
+    """A published run's layout: the files plus manifest.json listing their sizes and sha256."""
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    entries = [
+        {"path": rel, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for rel, d in files.items()
+    ]
+    (root / "manifest.json").write_text(json.dumps({"format": "r1ft-manifest/1", "files": entries}))
+    return root
+
+
+def collect(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(SCRIPT), *args, "--env-file", str(tmp_path / "none.env")]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+
+def test_collect_fetches_verifies_and_summarises(tmp_path):
+    files = {"report.json": json.dumps(REPORT).encode(), "adapter/adapter_model.safetensors": b"\0" * 64}
+    src = publish_by_hand(tmp_path / "published", files)
+    result = collect(tmp_path, str(src), str(tmp_path / "results"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "results" / "adapter" / "adapter_model.safetensors").read_bytes() == b"\0" * 64
+    out = result.stdout.splitlines()
+    assert "run r1ft-full-0123456789  (base deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B, preset full)" in out
+    assert "training: steps 4218; train_loss 0.4123, eval_loss 0.4567" in out
+    assert "  scibench-test                20.0% of 200 [15%, 26%] -> 30.0% of 200 [24%, 37%]" in out
+    assert "timings (s): train 3600, evaluate 600; total 4200" in out
+
+
+def test_a_damaged_file_fails_the_collect_with_r1fts_exit_code(tmp_path):
+    src = publish_by_hand(tmp_path / "published", {"report.json": json.dumps(REPORT).encode()})
+    (src / "report.json").write_text("{}")  # no longer what the manifest says
+    result = collect(tmp_path, str(src), str(tmp_path / "results"))
+    assert result.returncode == 3
+    assert "run r1ft" not in result.stdout
+
+
+def test_summary_of_a_partial_report_prints_what_exists(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.json").write_text(
+        json.dumps({"run_id": "r1", "error": "publish failed: 503"})
+    )
+    result = collect(tmp_path, "--summary", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["run r1  (base ?, preset ?)", "ERROR: publish failed: 503"]
+
+
+def test_summary_of_a_directory_without_a_report_says_so(tmp_path):
+    result = collect(tmp_path, "--summary", str(tmp_path))
+    assert result.returncode == 1
+    assert (
+        f"cannot read {tmp_path / 'report.json'}" in result.stderr
+        and "a collected r1ft run?" in result.stderr
+    )
