@@ -163,13 +163,25 @@ def device_and_dtype():
 
 
 def load_for_generation(path: Path):
-    """Model (eval mode, on the device) and left-padding tokenizer from a local model directory."""
+    """Model (eval mode, on the device) and left-padding tokenizer from a local model directory.
+
+    An adapter directory (adapter_config.json) is loaded onto its base and merged in memory: that is how
+    the fine-tune is scored when the merged shards were streamed to the destination and are not on disk.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device, dtype = device_and_dtype()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        adapter_config = Path(path) / "adapter_config.json"
+        if adapter_config.is_file():
+            from peft import PeftModel
+
+            base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+            model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as e:
         raise RuntimeError(
             f"cannot load a model from {path}: {e}; check the run's merged/ or the base model"
@@ -197,6 +209,7 @@ def generate(
     max_new_tokens: int,
     sample: bool = False,
     max_time: float | None = None,
+    cache_implementation: str | None = None,
 ) -> list[Generation]:
     """Answer a batch of user turns: chat template with the generation prompt (ends `<think>\\n`), tokens
     without added specials (the template emits BOS), left padding, KV cache; greedy or SAMPLING."""
@@ -215,6 +228,7 @@ def generate(
         bos_token_id=tokenizer.bos_token_id,
         use_cache=True,
         max_time=max_time,
+        **({"cache_implementation": cache_implementation} if cache_implementation else {}),
     )
     with torch.inference_mode():
         out = model.generate(**enc, generation_config=config)

@@ -88,11 +88,12 @@ def run_job(settings: Settings) -> int:
             tokenizer = stages.load_tokenizer(job)
             prepared = stages.prepare_data(job, tokenizer)
             stages.train(job, tokenizer, prepared, hw, plan, watchdog, stop)
-            if stop.reason:
-                return stages.finish_interrupted(job, stop, watchdog)
-            merged = stages.merge(job, tokenizer, hw, plan)
-            stages.evaluate(job, prepared, merged)
-            stages.export_gguf(job, merged, plan)
+            if not stop.reason:
+                merged = stages.merge(job, tokenizer, hw, plan)
+                stages.evaluate(job, prepared, merged)
+                stages.export_gguf(job, merged, plan)
+        if stop.reason:  # SIGTERM, SIGINT or the disk budget: checkpoint saved, push it, exit
+            return stages.finish_interrupted(job, stop, watchdog)
         stages.write_report(job)
         published = stages.publish(job)
         return stages.stop_instance(job, published)

@@ -18,6 +18,9 @@ from r1ft.settings import Settings
 GB = 1e9
 MEAN_TOKENS_PER_EXAMPLE = 470  # the MathCodeInstruct-format sample's mean, R1 rendering
 ACT_MB_PER_TOKEN = {False: 3.75, True: 0.31}  # by gradient checkpointing
+# Activation MB per micro-batch token, by (every layer checkpointed, decoder layers compiled); the
+# adaptive checkpointing policy (r1ft.fastpath) interpolates between the two columns layer by layer.
+ACT_MB_PER_TOKEN_PATH = {(False, False): 4.8, (False, True): 4.0, (True, False): 0.35, (True, True): 0.35}
 # Measured tokens/s on one H100 (see the performance page); other GPUs scale by dense bf16 throughput.
 H100_TOKENS_PER_S = {
     ("none", False): 20_000,
@@ -98,6 +101,11 @@ def model_shape(config: dict, lora_r: int) -> ModelShape:
     params = layers * per_layer + 2 * vocab * h + h
     lora = layers * lora_r * ((h + q) + 2 * (h + kvd) + (q + h) + 3 * (h + inter))
     return ModelShape(params=params, lora_params=lora, vocab=vocab, hidden=h, layers=layers)
+
+
+def act_bytes_per_token(quant: str, checkpointing: bool, compiled: bool) -> float:
+    """Activation bytes per micro-batch token (the same for bf16 and NF4 bases: same shapes)."""
+    return ACT_MB_PER_TOKEN_PATH[(checkpointing, compiled)] * 1e6
 
 
 def checkpoint_gb(shape: ModelShape, quant: str) -> float:
@@ -199,8 +207,8 @@ def make_plan(
     problems = []
     if total > settings.disk_budget_gb:
         problems.append(
-            f"the job needs about {total:.1f} GB but R1FT_DISK_BUDGET_GB is {settings.disk_budget_gb:g}: "
-            f"raise the budget (and the instance disk) to at least {math.ceil(total)} GB"
+            f"the job needs about {size(total).strip()} but R1FT_DISK_BUDGET_GB is {settings.disk_budget_gb:g}: "
+            f"raise the budget (and the instance disk) to at least {_round_up(minimum):g} GB"
         )
     if total + settings.disk_free_floor_gb > free_gb + 1e-9:
         problems.append(
@@ -216,8 +224,8 @@ def make_plan(
     hours = total_tokens / rate / 3600
     return Plan(
         disk_items=items,
-        disk_peak_gb=round(total, 3),
-        minimum_gb=round(minimum, 3),
+        disk_peak_gb=_round_up(total),
+        minimum_gb=_round_up(minimum),
         disk_budget_gb=settings.disk_budget_gb,
         free_gb=round(free_gb, 1),
         fits=not problems,
@@ -233,6 +241,11 @@ def make_plan(
         cost_usd=round(hours * settings.gpu_hourly_usd, 2),
         problems=problems,
     )
+
+
+def _round_up(gb: float) -> float:
+    """A planned size rounded up to the MB: a plan must never promise less than it computed."""
+    return math.ceil(gb * 1000) / 1000
 
 
 def size(gb: float) -> str:

@@ -289,6 +289,9 @@ def _merge_check(job: Job, tokenizer) -> float:
 def evaluate(job: Job, prepared, merged: Path) -> None:
     from r1ft.evaluate import evaluate_run
 
+    if not list(merged.glob("*.safetensors")):  # streamed away: score base + adapter, merged in memory
+        merged = job.run_dir / "adapter"
+
     with job.step("evaluate"):
         job.report["evaluation"] = evaluate_run(
             job.settings, job.run_dir, Path(job.base), merged, prepared.eval_examples, prepared.scibench_test

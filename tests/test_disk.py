@@ -1,0 +1,106 @@
+"""The disk budget on the smoke preset: planned, measured by an independent sampler, enforced."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from jobrun import job_env, run_dir_of, run_job, run_job_until
+
+from r1ft import checkpoints
+from r1ft.watchdog import dir_bytes
+
+pytestmark = pytest.mark.slow
+
+
+class Sampler:
+    """`du` of a directory every 100 ms, in the test process, independent of the job's own watchdog."""
+
+    def __init__(self, root: Path):
+        self.root, self.peak, self.samples = root, 0, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            if self.root.exists():
+                self.peak = max(self.peak, dir_bytes(self.root))
+                self.samples += 1
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def plan_json(env, cwd) -> dict:
+    result = run_job(env, cwd, "plan", "--json")
+    return json.loads(result.stdout)
+
+
+def test_budget_below_the_minimum_exits_4_before_training(tmp_path):
+    env = job_env(tmp_path, R1FT_DISK_BUDGET_GB="0.002")
+    result = run_job(env, tmp_path)
+    assert result.rc == 4, result.output[-3000:]
+    assert "disk plan cannot fit" in result.output
+    for item in ("base model", "checkpoints", "merged bf16 model", "margin", "expected peak"):
+        assert item in result.output
+    assert "R1FT_DISK_BUDGET_GB" in result.output  # says what to change
+    assert "== train" not in result.output
+    assert not list((tmp_path / "work").rglob("checkpoint-*"))
+
+
+def test_plan_adapts_before_it_refuses(tmp_path):
+    env = job_env(tmp_path)
+    minimum = plan_json(env, tmp_path)["minimum_gb"]
+    tight = plan_json(job_env(tmp_path, R1FT_DISK_BUDGET_GB=f"{minimum * 1.01:.6f}"), tmp_path)
+    assert tight["fits"] and tight["keep_checkpoints"] == 1 and tight["adaptations"]
+
+
+def test_tight_budget_holds_under_an_independent_sampler(tmp_path):
+    env = job_env(tmp_path)
+    budget_gb = plan_json(env, tmp_path)["minimum_gb"] * 1.05
+    env = job_env(tmp_path, R1FT_DISK_BUDGET_GB=f"{budget_gb:.6f}", R1FT_DISK_FREE_FLOOR_GB="0")
+    with Sampler(tmp_path / "work") as sampler:
+        result = run_job(env, tmp_path)
+    assert result.rc == 0, result.output[-3000:]
+    assert sampler.samples > 20
+    assert sampler.peak <= budget_gb * 1e9, (sampler.peak, budget_gb)
+    report = json.loads((run_dir_of(tmp_path) / "report.json").read_text())
+    assert 0 < report["disk"]["peak_gb"] <= budget_gb
+    assert report["disk"]["planned_peak_gb"] <= budget_gb
+
+
+def test_filler_eating_the_budget_mid_run_prunes_and_stops_cleanly(tmp_path):
+    budget_gb = 0.05
+    env = job_env(tmp_path, R1FT_DISK_BUDGET_GB=str(budget_gb), R1FT_DISK_FREE_FLOOR_GB="0")
+    filler = tmp_path / "work" / "filler.bin"
+
+    def fill(proc):
+        # Eat the rest of the budget while training runs: what a runaway cache would do.
+        used = dir_bytes(tmp_path / "work")
+        with open(filler, "wb") as f:
+            f.truncate(0)
+            f.write(b"\0" * int(budget_gb * 1e9 - used + 2_000_000))
+
+    result = run_job_until(env, tmp_path, "pushed checkpoint-4", after=fill)
+    assert result.rc == 4, result.output[-3000:]
+    assert "disk budget exceeded" in result.output
+    run_dir = run_dir_of(tmp_path)
+    kept = checkpoints.checkpoint_dirs(run_dir / "checkpoints")
+    assert len(kept) == 1  # emergency pruning kept only the newest complete one
+    assert checkpoints.check_complete(kept[0]) == ""  # and nothing is corrupt
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["history"]["interruptions"][-1]["reason"] == "disk"
+    assert report["disk"]["emergency_prunes"] >= 1
+    # what exists is published: the checkpoint to resume from, the logs and the report
+    published = tmp_path / "published"
+    assert (published / "last-checkpoint" / "adapter_model.safetensors").is_file()
+    assert (published / "report.json").is_file() and (published / "manifest.json").is_file()
