@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_render import mci, sci  # the record builders (tests/ is on sys.path)
 
-from r1ft import data
+from r1ft import data, mix
 from r1ft.chat import IGNORE_INDEX, tokenize_example
 from r1ft.render import normalise_problem
 from r1ft.settings import load_settings
@@ -252,6 +252,44 @@ def test_truncate_policy(tmp_path, tiny_tokenizer):
     )
     assert dropped.stats["sources"]["mathcodeinstruct"]["length"]["too_long"] >= 1
     assert dropped.stats["dropped"]["too_long"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("n_prompt", "n_completion", "policy", "what", "kept"),
+    [
+        (10, 20, "drop", "ok", 30),
+        (10, 30, "drop", "too_long", None),
+        (10, 30, "truncate", "truncated", 32),
+        (40, 5, "truncate", "prompt_too_long", None),
+    ],
+)
+def test_fit_length(n_prompt, n_completion, policy, what, kept):
+    tokens = {
+        "input_ids": list(range(n_prompt + n_completion)),
+        "labels": [IGNORE_INDEX] * n_prompt + [1] * n_completion,
+    }
+    fitted, happened = mix.fit_length(tokens, 32, policy)
+    assert happened == what
+    assert (None if fitted is None else len(fitted["input_ids"])) == kept
+
+
+def test_batched_tokenization_matches_chat_module_on_both_paths(tiny_tokenizer):
+    import copy
+
+    examples = [dict(ex, problem=ex["problem"] + " " + "x" * i) for i, ex in enumerate(_builtin_examples())]
+    fast = mix.tokenize_examples(tiny_tokenizer, examples)
+    slow_tok = copy.deepcopy(tiny_tokenizer)
+    slow_tok.backend_tokenizer.enable_truncation(100_000)  # forces the tokenizer(...) path
+    slow = mix.tokenize_examples(slow_tok, examples)
+    for ex, a, b in zip(examples, fast, slow, strict=True):
+        assert a == b == tokenize_example(tiny_tokenizer, ex["problem"], ex["reasoning"], ex["answer"])
+
+
+def _builtin_examples() -> list[dict]:
+    from r1ft.render import render_mathcodeinstruct
+
+    (path,) = [p for p in builtin_dir().glob("*.jsonl")]
+    return [render_mathcodeinstruct(r) for _, r in read_records(path)]
 
 
 def test_scibench_upsampled_in_train_only(tmp_path, tiny_tokenizer):

@@ -428,3 +428,22 @@ def test_real_scibench_solutions_render(shared_data):
             assert ex["answer"].startswith("The answer is $\\boxed{")
             n += 1
     assert n == 112
+
+
+def test_scibench_training_answers_score_correct_under_scibench_scoring():
+    """The boxed answer of every shipped solution is what SciBench's scorer (r1ft.answers) accepts."""
+    from r1ft.answers import scibench_correct
+
+    for path in sorted((builtin_files("scibench")[0].parent).glob("*_sol.json")):
+        for _, record in read_records(path):
+            ex = render_scibench_solution(record)
+            assert scibench_correct(ex["answer"], record["answer_number"], record["unit"]), ex["answer"]
+
+
+def test_real_scibench_training_answers_score_correct(shared_data):
+    from r1ft.answers import scibench_correct
+
+    for path in sorted((shared_data / "scibench").glob("*_sol.json")):
+        for _, record in read_records(path):
+            ex = render_scibench_solution(record)
+            assert scibench_correct(ex["answer"], record["answer_number"], record["unit"]), ex["answer"]
