@@ -39,11 +39,12 @@ _SLAB_ELEMENTS = 16 * 1024 * 1024
 # Metadata (about 4 MiB of tokens and merges for the real vocabulary), tensor headers and alignment.
 _OVERHEAD_BYTES = 16 * 1024 * 1024
 
-# Largest logit error accepted, relative to the spread (standard deviation) of the reference logits.
-# Measured on the tiny model and on the full-size one (see tests/test_gguf.py and the module's report):
-# f16/bf16 sit far below these bounds, q8_0 several times below its own; a corrupted tensor lands at
-# order 1 or more.
-MAX_REL_LOGIT_ERR = {"f16": 0.02, "bf16": 0.05, "q8_0": 0.15}
+# Largest logit error accepted: max |GGUF - merged| over the check prompts' positions and vocabulary,
+# relative to the standard deviation of the merged model's logits (transformers' fp32 forward on both).
+# Measured (tiny model / full-size random-weight model): f16 1e-6 / 1.2e-5 and bf16 0 / 0 from a bf16
+# merged model (from an fp32 one: f16 0.002, bf16 0.014); q8_0 0.045 / 0.32 (full-size: RMS 0.066, mean
+# KL 0.0009, llama.cpp's usual Q8_0 figure). One tensor's bytes flipped: 2.3 to 5.2 (full-size RMS 1.0).
+MAX_REL_LOGIT_ERR = {"f16": 0.02, "bf16": 0.05, "q8_0": 1.0}
 
 # User turns rendered through the chat template for the logit and tokenizer checks.
 CHECK_PROMPTS = [
