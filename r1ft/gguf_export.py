@@ -11,10 +11,13 @@ package (llama.cpp's own Python library); this module only decides what goes in,
 - the tokenizer goes in as a gpt2-style BPE (tokens, merges, token types, special ids, add_bos) with
   the chat template, so a runtime renders prompts ending `<｜Assistant｜><think>\\n` as training did.
 
-Each file is written as `model-<type>.gguf.partial`, read back through transformers' GGUF loader and
-compared with the merged model (logits on a few chat prompts; tokenization and template rendering),
-and only then renamed and handed to `on_file_ready`. A file that disagrees is deleted; its result says
-why.
+Each file is written as `model-<type>.gguf.partial` and read back before it is kept: the model through
+transformers' GGUF loader (logits on a few chat prompts against the merged model's), the tokenizer
+rebuilt from the file's metadata by llama.cpp's rules (`gguf_tokenizer`: same ids for the rendered
+prompts, same rendering from the file's template). Only then is it renamed and handed to
+`on_file_ready`; a file that disagrees is deleted and its result says why. llama.cpp itself
+(llama-cpp-python 0.3.36) was seen to tokenize these files' prompts identically and reproduce the logits
+(tests/test_gguf.py runs that check where llama-cpp-python is installed).
 """
 
 from __future__ import annotations
