@@ -9,27 +9,32 @@ STAMP  := $(VENV)/.r1ft-installed
 
 venv: $(STAMP)
 
-# torch first: pip takes the local CPU wheel of the pinned version here (the image takes its CUDA build).
-$(STAMP): pyproject.toml
+# torch first (pip takes the CPU wheel of the pinned version here; the image takes its CUDA build), then
+# every other package exactly as locked, with hashes; then the project itself.
+$(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
 	R1FT_PRESET=smoke $(BIN)/r1ft run
 
+PYFILES := r1ft tests scripts scripts/vast-launch scripts/collect scripts/bench
+
 lint: $(STAMP)
-	$(BIN)/ruff check r1ft tests scripts
-	$(BIN)/ruff format --check r1ft tests scripts
+	$(BIN)/ruff check $(PYFILES)
+	$(BIN)/ruff format --check $(PYFILES)
+	$(BIN)/hadolint --config docker/hadolint.yaml Dockerfile
+	bash -n entrypoint scripts/lock .ci/run
 
 test: lint
 	$(BIN)/python -m pytest -q
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix r1ft tests scripts
-	$(BIN)/ruff format r1ft tests scripts
+	$(BIN)/ruff check --fix $(PYFILES)
+	$(BIN)/ruff format $(PYFILES)
 
 clean:
 	rm -rf work runs .pytest_cache .ruff_cache
