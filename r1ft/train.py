@@ -131,6 +131,20 @@ def use_checkpointing(settings: Settings, hw: Hardware, peak_without_gb: float) 
     return hw.device == "cuda" and peak_without_gb > 0.85 * hw.gpu_mem_gb
 
 
+def checkpoint_mode(settings: Settings, hw: Hardware) -> str:
+    """`all`, `off`, or `adaptive`: auto on a GPU checkpoints, per micro-batch, only the decoder layers that
+    its token count needs to stay under the memory budget (none for a typical batch on a large card)."""
+    if settings.gradient_checkpointing != "auto":
+        return "all" if settings.gradient_checkpointing == "true" else "off"
+    return "adaptive" if hw.device == "cuda" else "off"
+
+
+def use_compile(settings: Settings, hw: Hardware) -> bool:
+    """Regional torch.compile of the decoder layers (`true`, or `auto` on a GPU)."""
+    value = str(settings.torch_compile).lower()
+    return hw.device == "cuda" if value == "auto" else value == "true"
+
+
 def attn_implementation(settings: Settings, hw: Hardware) -> str:
     if settings.attn_implementation != "auto":
         return settings.attn_implementation
@@ -140,8 +154,8 @@ def attn_implementation(settings: Settings, hw: Hardware) -> str:
 def use_liger(settings: Settings, hw: Hardware) -> bool:
     if settings.liger != "auto":
         return settings.liger == "true"
-    if hw.device != "cuda":
-        return False
+    if hw.device != "cuda" or use_compile(settings, hw):
+        return False  # under torch.compile, Inductor fuses the same ops (Liger's kernels would break graphs)
     import importlib.util
 
     return importlib.util.find_spec("liger_kernel") is not None
@@ -171,7 +185,8 @@ def sft_config(
         per_device_train_batch_size=layout.per_device,
         per_device_eval_batch_size=layout.per_device,
         gradient_accumulation_steps=layout.accum,
-        gradient_checkpointing=checkpointing,
+        # adaptive checkpointing is set per micro-batch on the model (load_base_model), not by the Trainer
+        gradient_checkpointing=checkpointing and checkpoint_mode(settings, hw) != "adaptive",
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         optim=optimizer_name(settings, quant, hw),
         bf16=hw.bf16,
@@ -179,7 +194,7 @@ def sft_config(
         padding_free=settings.padding_free,
         completion_only_loss=None,
         use_liger_kernel=liger,
-        torch_compile=settings.torch_compile,
+        torch_compile=False,  # regional compilation of the decoder layers instead (load_base_model)
         logging_steps=settings.logging_steps,
         logging_first_step=True,
         eval_strategy="steps" if has_eval else "no",
@@ -192,6 +207,8 @@ def sft_config(
         data_seed=settings.seed,
         dataloader_num_workers=0 if hw.device == "cpu" else 2,
         dataloader_pin_memory=hw.device == "cuda",
+        dataloader_persistent_workers=hw.device == "cuda",
+        dataloader_prefetch_factor=4 if hw.device == "cuda" else None,
         remove_unused_columns=True,
         disable_tqdm=not sys.stderr.isatty(),  # off a TTY the log callback prints one line per log step
         use_cpu=hw.device == "cpu",
@@ -199,23 +216,52 @@ def sft_config(
 
 
 def load_base_model(base: str | Path, settings: Settings, hw: Hardware, quant: str, attn: str):
-    """The base model in bf16 (GPU) or fp32 (CPU), or 4-bit NF4 with bf16 non-quantized weights."""
+    """The base model in bf16 (GPU) or fp32 (CPU), or 4-bit NF4 with bf16 non-quantized weights, on this
+    process's GPU, with the speed-only patches of `r1ft.fastpath` (see `apply_fastpath`)."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from r1ft import distributed, fastpath
 
     kwargs: dict[str, Any] = {"attn_implementation": attn}
     if not Path(str(base)).exists():
         kwargs["revision"] = settings.base_revision
     if hw.device == "cuda":
+        fastpath.set_expandable_segments()
         kwargs["dtype"] = torch.bfloat16
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        kwargs["device_map"] = distributed.device_map()
     else:
         kwargs["dtype"] = torch.float32
     if quant == "nf4":
         kwargs["quantization_config"] = bnb_config(settings)
     model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
-    model.config.use_cache = False
+    model.config.use_cache = False  # also what lets transformers build the packed-sequence mask
+    apply_fastpath(model, settings, hw, quant)
     return model
+
+
+def apply_fastpath(model, settings: Settings, hw: Hardware, quant: str) -> dict[str, Any]:
+    """Regional compilation, adaptive checkpointing and bf16 LoRA inputs where they apply; what was done."""
+    from r1ft import fastpath
+    from r1ft.plan import act_bytes_per_token
+
+    done: dict[str, Any] = {}
+    if hw.device == "cuda" and checkpoint_mode(settings, hw) == "adaptive":
+        compiled = use_compile(settings, hw)
+        policy = fastpath.CheckpointPolicy(
+            budget_bytes=fastpath.memory_budget_bytes(hw.gpu_mem_gb),
+            layers=len(fastpath.decoder_layers(model)),
+            act_full=act_bytes_per_token(quant, checkpointing=False, compiled=compiled),
+            act_ckpt=act_bytes_per_token(quant, checkpointing=True, compiled=compiled),
+        )
+        fastpath.install_adaptive_checkpointing(model, policy)
+        done["checkpoint_policy"] = policy
+    if hw.device == "cuda":
+        fastpath.keep_lora_inputs_in_compute_dtype(model)
+    if use_compile(settings, hw):
+        done["compiled_layers"] = fastpath.compile_layers(model)
+    model._r1ft_fastpath = done
+    return done
 
 
 def run_training(
