@@ -1,0 +1,308 @@
+"""One benchmark variant in its own process (or one process per GPU under torchrun).
+
+`python -m r1ft.benchworker SPEC.json` trains the variant described by the spec (written by
+`r1ft.bench`) for its steps through TRL's SFTTrainer and writes, from rank 0, a result JSON: the wall
+time of every optimizer step (CUDA synchronized at each step end), the peak memory of every step, the
+loss of every step, and what the fast path did. A fresh process per variant isolates peak memory and
+Liger's global patch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text())
+    if spec.get("build_base"):
+        build_full_size_base(Path(spec["base"]), seed=spec["seed"])
+        return 0
+    result = run_variant(spec)
+    if result is not None:
+        Path(spec["result"]).write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+def build_full_size_base(dest: Path, seed: int) -> Path:
+    """The real model's architecture with random weights (bf16), saved like a Hub checkpoint."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1ft.tiny import base_config, build_tokenizer
+
+    if (dest / "config.json").is_file():
+        return dest
+    config = Qwen2Config(**base_config())
+    torch.manual_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    tmp = dest.with_name(dest.name + ".partial")
+    model.save_pretrained(tmp)
+    build_tokenizer().save_pretrained(tmp)
+    tmp.rename(dest)
+    return dest
+
+
+def variant_settings(spec: dict):
+    from r1ft.settings import load_settings
+
+    env = {
+        "R1FT_WORK_DIR": spec["work_dir"],
+        "R1FT_MAX_STEPS": str(spec["steps"]),
+        "R1FT_LOGGING_STEPS": "1",
+        "R1FT_SAVE_STEPS": "100000",
+        "R1FT_SEED": str(spec["seed"]),
+        **spec["env"],
+    }
+    return load_settings(env, env_file=None)
+
+
+def run_variant(spec: dict) -> dict[str, Any] | None:
+    """Train one variant and return its measurements (None on ranks other than 0)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    from r1ft import distributed
+    from r1ft.train import detect_hardware, lora_config
+
+    settings = variant_settings(spec)
+    hw = detect_hardware()
+    if spec.get("card_gb"):
+        hw = replace(hw, gpu_mem_gb=float(spec["card_gb"]))  # what r1ft does on a card of that size
+    rows = json.loads(Path(spec["data"]).read_text())
+    dataset = Dataset.from_list(rows)
+    tokenizer = AutoTokenizer.from_pretrained(spec["base"])
+    run_dir = Path(spec["work_dir"]) / "run"
+    build = original_recipe if spec["recipe"] == "original" else r1ft_recipe
+    model, args, info = build(spec, settings, hw, run_dir)
+    args.train_sampling_strategy = "sequential"  # the same sequences in the same order for every variant
+    args.save_strategy = "no"
+    processes = distributed.num_processes()
+    step_tokens = tokens_per_step(
+        rows, args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
+    )
+    timer = StepTimer(
+        hw.device == "cuda", spec.get("profile_steps"), Path(spec["result"]).with_suffix(".prof.txt")
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings),
+        callbacks=[timer],
+    )
+    info["dtypes"] = _census(trainer.model)
+    trainer.train()
+    if not distributed.is_main():
+        return None
+    policy = getattr(model, "_r1ft_fastpath", {}).get("checkpoint_policy")
+    return {
+        "name": spec["name"],
+        "device": torch.cuda.get_device_name(0) if hw.device == "cuda" else "cpu",
+        "processes": processes,
+        "step_s": timer.step_s,
+        "step_peak_bytes": timer.peaks,
+        "step_tokens": step_tokens[: len(timer.step_s)],
+        "losses": timer.losses,
+        "checkpointed_layers": [k for _, k in policy.history] if policy else None,
+        "compile": _compile_stats() if info.get("compiled") else None,
+        "profile": timer.profile_text,
+        **info,
+    }
+
+
+def r1ft_recipe(spec: dict, settings, hw, run_dir: Path):
+    """r1ft's own path: the same adapters `run_training` uses, with the settings of the variant."""
+    from r1ft import distributed
+    from r1ft.train import (
+        attn_implementation,
+        batch_layout,
+        checkpoint_mode,
+        load_base_model,
+        sft_config,
+        use_compile,
+        use_liger,
+    )
+
+    quant = settings.quant if settings.quant != "auto" else "none"
+    layout = batch_layout(settings, distributed.num_processes())
+    mode = checkpoint_mode(settings, hw)
+    attn = attn_implementation(settings, hw)
+    liger = use_liger(settings, hw)
+    model = load_base_model(spec["base"], settings, hw, quant, attn)
+    args = sft_config(settings, run_dir, layout, hw, quant, mode != "off", liger, has_eval=False)
+    info = {
+        "quant": quant,
+        "layout": [layout.per_device, layout.accum, layout.processes],
+        "padding_free": settings.padding_free,
+        "attn": attn,
+        "liger": liger,
+        "compiled": use_compile(settings, hw),
+        "checkpointing": mode,
+        "optim": args.optim,
+        "card_gb": hw.gpu_mem_gb,
+    }
+    return model, args, info
+
+
+def original_recipe(spec: dict, settings, hw, run_dir: Path):
+    """The original recipe as written: 4-bit NF4 (double quantization), batch 2 x accumulation 8, padded
+    batches, paged AdamW 8-bit, gradient checkpointing, SDPA, through TRL's SFTTrainer. On CPU (tiny
+    mode) the base stays fp32 and the optimizer plain AdamW (bitsandbytes needs CUDA)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig
+
+    from r1ft import distributed
+    from r1ft.train import bnb_config
+
+    cuda = hw.device == "cuda"
+    kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
+    if cuda:
+        kwargs.update(dtype=torch.bfloat16, device_map=distributed.device_map())
+        kwargs["quantization_config"] = bnb_config(settings)
+    else:
+        kwargs["dtype"] = torch.float32
+    model = AutoModelForCausalLM.from_pretrained(spec["base"], **kwargs)
+    accum = max(1, 8 // distributed.num_processes())
+    args = SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        max_steps=settings.max_steps,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=settings.warmup_ratio,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=accum,
+        gradient_checkpointing=True,
+        optim="paged_adamw_8bit" if cuda else "adamw_torch",
+        bf16=cuda,
+        max_length=settings.max_seq_len,
+        padding_free=False,
+        logging_steps=1,
+        report_to="none",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        use_cpu=not cuda,
+        disable_tqdm=True,
+    )
+    info = {
+        "quant": "nf4" if cuda else "none",
+        "layout": [2, accum, distributed.num_processes()],
+        "padding_free": False,
+        "attn": "sdpa",
+        "liger": False,
+        "compiled": False,
+        "checkpointing": "all",
+        "optim": args.optim,
+        "card_gb": hw.gpu_mem_gb,
+    }
+    return model, args, info
+
+
+def tokens_per_step(rows: list[dict], global_batch: int) -> list[int]:
+    """Real (non-pad) tokens of each optimizer step under sequential sampling."""
+    lengths = [len(r["input_ids"]) for r in rows]
+    return [sum(lengths[i : i + global_batch]) for i in range(0, len(lengths), global_batch)]
+
+
+def _census(model) -> dict[str, int]:
+    from r1ft.fastpath import dtype_census
+
+    return dtype_census(model)
+
+
+def _compile_stats() -> dict[str, int]:
+    from torch._dynamo.utils import counters
+
+    return {
+        "unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+        "recompiles": int(counters["recompiles"].get("total", 0)) if "recompiles" in counters else 0,
+    }
+
+
+def _step_timer_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class StepTimer(_step_timer_base()):
+    """Wall time and peak memory of every optimizer step (step end to step end, CUDA synchronized),
+    the loss of every step, and optionally a torch.profiler table of a few steps."""
+
+    def __init__(self, cuda: bool, profile_steps: list[int] | None = None, profile_path: Path | None = None):
+        self.cuda, self.profile_steps, self.profile_path = cuda, profile_steps, profile_path
+        self.step_s: list[float] = []
+        self.peaks: list[int] = []
+        self.losses: list[float] = []
+        self.profile_text = ""
+        self._prof = None
+
+    def _sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._sync()
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        self.last = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.profile_steps and state.global_step == self.profile_steps[0] and self._prof is None:
+            self._prof = _start_profiler(self.cuda)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._sync()
+        now = time.perf_counter()
+        self.step_s.append(now - self.last)
+        self.last = now
+        if self.cuda:
+            import torch
+
+            self.peaks.append(torch.cuda.max_memory_allocated())
+            torch.cuda.reset_peak_memory_stats()
+        if self._prof is not None and state.global_step >= self.profile_steps[1]:
+            self.profile_text = _stop_profiler(self._prof, self.cuda, self.profile_path)
+            self._prof = None
+            self.profile_steps = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+
+def _start_profiler(cuda: bool):
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    prof = profile(activities=activities, record_shapes=False)
+    prof.start()
+    return prof
+
+
+def _stop_profiler(prof, cuda: bool, path: Path | None) -> str:
+    prof.stop()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70)
+    if path is not None:
+        path.write_text(table)
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
