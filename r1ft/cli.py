@@ -159,6 +159,9 @@ def cmd_collect(settings: Settings, args) -> int:
 
     try:
         collect(args.src, args.dest, settings)
+    except ValueError as e:  # not a location we understand
+        print(f"r1ft: {e}", file=sys.stderr)
+        return 2
     except PublishError as e:
         print(f"r1ft: {e}", file=sys.stderr)
         return 3

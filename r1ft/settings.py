@@ -405,6 +405,8 @@ def env_example_text() -> str:
         "# r1ft settings. Copy to .env, fill in what you need, and pass it with `docker run --env-file .env`.",
         "# Every R1FT_* variable is listed, commented out, with its default: uncomment what you change (an",
         "# explicit value also overrides the preset's). An unknown R1FT_* name is an error.",
+        "# Write values without quotes: `docker run --env-file` keeps quote characters literally.",
+        "# In the image, leave R1FT_WORK_DIR unset: it is /workspace, which the disk watchdog measures.",
     ]
     section = ""
     for name, info in Settings.model_fields.items():
@@ -415,7 +417,9 @@ def env_example_text() -> str:
             section = group
             lines += ["", f"# --- {section} ---"]
         default = info.default
-        shown = str(default).lower() if isinstance(default, bool) else ("" if default is None else str(default))
+        shown = (
+            str(default).lower() if isinstance(default, bool) else ("" if default is None else str(default))
+        )
         lines.append(f"# {info.description}")
         lines.append(f"#{PREFIX}{name.upper()}={shown}")
     lines += [
