@@ -162,6 +162,22 @@ def test_llama_cpp_runs_the_file_as_training_did(exported, merged, gguf_type, bo
     assert float((got - want).abs().max() / want.std()) < bound
 
 
+def test_sharded_checkpoint_exports_bf16_losslessly(merged, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    sharded = tmp_path / "run" / "merged"
+    AutoModelForCausalLM.from_pretrained(merged, dtype=torch.bfloat16).save_pretrained(
+        sharded, max_shard_size="100KB"
+    )
+    for f in merged.iterdir():
+        if not f.name.startswith("model"):
+            shutil.copy(f, sharded / f.name)
+    assert (sharded / "model.safetensors.index.json").is_file()
+    (result,) = ge.export_gguf(sharded, tmp_path / "gguf", ["bf16"])
+    assert result.verified and result.max_logit_err == 0.0, result.message
+
+
 def _flip_tensor_bytes(path: Path, name: str) -> None:
     import gguf
 
