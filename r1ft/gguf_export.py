@@ -254,6 +254,10 @@ def plan_tensors(merged_dir: Path, config: dict, qtype) -> list[_Planned]:
             raise ValueError(f"tensor {hf_name!r} has no GGUF name for qwen2; is {merged_dir} a Qwen2 model?")
         with safe_open(f, framework="pt") as st:
             shape = tuple(st.get_slice(hf_name).get_shape())
+        if len(shape) > 2:
+            raise ValueError(
+                f"tensor {hf_name!r} has shape {shape}; a Qwen2 model has 1-D and 2-D tensors only"
+            )
         plan.append(_Planned(hf_name, gguf_name, f, shape, _storage_type(gguf_name, shape, qtype)))
     return plan
 
