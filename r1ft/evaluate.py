@@ -66,6 +66,7 @@ SCIBENCH_GROUP = "scibench-test"
 MODELS = ("base", "finetuned")
 
 _clock = time.monotonic  # the budget's clock (tests replace it)
+SDPA_SKIP_CUDNN = True
 
 
 # --- what gets scored --------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ def generate(
         max_time=max_time,
         **({"cache_implementation": cache_implementation} if cache_implementation else {}),
     )
-    with torch.inference_mode():
+    with torch.inference_mode(), _attention_backends(model.device):
         out = model.generate(**enc, generation_config=config)
     gens = []
     for row in out[:, enc["input_ids"].shape[1] :].tolist():
@@ -240,6 +241,18 @@ def generate(
             Generation(tokenizer.decode(kept, skip_special_tokens=True), len(kept) + finished, finished)
         )
     return gens
+
+
+def _attention_backends(device):
+    """On CUDA, SDPA without the cuDNN backend: decoding asks for a new key length at every step, and cuDNN
+    builds an execution plan per shape, which made every first pass over a length ~3x slower on an H200."""
+    import contextlib
+
+    if device.type != "cuda" or not SDPA_SKIP_CUDNN:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 @dataclass
@@ -326,12 +339,14 @@ def accuracy_table(items: list[Item], verdicts: dict[str, list[dict]], key: str 
     groups: dict[str, list[int]] = defaultdict(list)
     for i, item in enumerate(items[:n]):
         groups[getattr(item, key)].append(i)
+    ordered = sorted(groups, key=lambda g: (g != SCIBENCH_GROUP, g))  # SciBench first, overall last
     if key == "group" and n:
         groups["overall"] = list(range(n))
+        ordered.append("overall")
     return {
-        name: {label: proportion(sum(verdicts[m][i]["correct"] for i in idx), len(idx))
+        name: {label: proportion(sum(verdicts[m][i]["correct"] for i in groups[name]), len(groups[name]))
                for label, m in zip(("before", "after"), MODELS, strict=True)}
-        for name, idx in sorted(groups.items())
+        for name in ordered
     }  # fmt: skip
 
 
@@ -427,6 +442,15 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _accuracy_detail(before: dict, after: dict) -> str:
+    text = f"{after['correct']}/{after['n']} vs {before['correct']}/{before['n']}"
+    b_lo, b_hi = wilson_interval(before["correct"], before["n"])
+    a_lo, a_hi = wilson_interval(after["correct"], after["n"])
+    if after["correct"] != before["correct"] and a_lo <= b_hi and b_lo <= a_hi:
+        text += " (the 95% intervals overlap: the difference may be noise)"
+    return text
+
+
 def success_indicators(losses: dict[str, Any], think: dict[str, Any], overall: dict | None) -> list[dict]:
     """The guide's four indicators, each passed True/False, or None when it could not be measured."""
     first, last, ev = losses["train_first"], losses["train_last"], losses["eval_last"]
@@ -451,9 +475,7 @@ def success_indicators(losses: dict[str, Any], think: dict[str, Any], overall: d
         {
             "name": "Accuracy after > before",
             "passed": better,
-            "detail": "n/a"
-            if better is None
-            else f"{after['correct']}/{after['n']} vs {before['correct']}/{before['n']}",
+            "detail": _accuracy_detail(before, after) if better is not None else "n/a",
         },
     ]
 

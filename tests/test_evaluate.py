@@ -96,7 +96,7 @@ def test_evaluate_run_on_tiny_models(tiny_pair, run_dir):
         assert m["think"]["outputs"] == 9 + 3
     assert result["generation_tokens_per_s"] > 0 and result["seconds"] > 0
     acc = result["accuracy"]
-    assert set(acc) == {"eval:mathcodeinstruct", "eval:scibench", "scibench-test", "overall"}
+    assert list(acc) == ["scibench-test", "eval:mathcodeinstruct", "eval:scibench", "overall"]
     assert acc["overall"]["before"]["n"] == acc["overall"]["after"]["n"] == 9
     assert acc["scibench-test"]["after"]["n"] == 3
     lo, hi = acc["overall"]["before"]["ci95"]
@@ -287,3 +287,17 @@ def test_markdown_fences_survive_backticks_in_outputs(tmp_path, monkeypatch):
     md = evaluation_markdown(result)
     assert "````text\n```python\nprint(1)\n```" in md
     assert result["scored"] == 0 and result["accuracy"] == {}
+
+
+def test_accuracy_indicator_flags_a_difference_within_noise():
+    losses = loss_summary({})
+    think = {"finished_closed_rate": None, "finished": 0, "closed_rate": None, "outputs": 0, "truncated": 0,
+             "sampled_closed_rate": None}  # fmt: skip
+    close = success_indicators(
+        losses, think, {"before": {"correct": 5, "n": 20}, "after": {"correct": 7, "n": 20}}
+    )
+    far = success_indicators(
+        losses, think, {"before": {"correct": 1, "n": 50}, "after": {"correct": 30, "n": 50}}
+    )
+    assert close[3]["passed"] is True and "may be noise" in close[3]["detail"]
+    assert far[3]["passed"] is True and far[3]["detail"] == "30/50 vs 1/50"
