@@ -219,7 +219,7 @@ def run_one(v: Variant, work: Path, base: Path, settings: Settings, opts: dict) 
         "seed": settings.seed,
         "card_gb": v.card_gb,
         "result": str(result_path),
-        "profile_steps": [warmup, warmup + 2] if v.profile else None,
+        "profile_steps": [steps - 2, steps] if v.profile else None,  # the last two, left out of the timing
     }
     (vdir / "spec.json").write_text(json.dumps(spec, indent=1))
     cmd = worker_command(v.gpus, vdir / "spec.json")
@@ -278,12 +278,12 @@ def peak_tflops(gpu: str) -> float | None:
 def summarize(result: dict, config: dict, lora_r: int, gpu: str, mean_tokens: float) -> dict[str, Any]:
     """s/step, tokens/s, peak, MFU and the projection of one variant's result."""
     w = result["warmup"]
-    times, tokens = result["step_s"][w:], result["step_tokens"][w:]
+    end = result["profiled_steps"][0] if result.get("profiled_steps") else len(result["step_s"])
+    times, tokens = result["step_s"][w:end], result["step_tokens"][w:end]
     seqs = result["seq_lengths"]
     global_batch = len(seqs) // max(1, len(result["step_s"]))
     step_flops = [
-        model_flops(config, lora_r, seqs[i * global_batch : (i + 1) * global_batch])
-        for i in range(w, len(result["step_s"]))
+        model_flops(config, lora_r, seqs[i * global_batch : (i + 1) * global_batch]) for i in range(w, end)
     ]
     total_s = sum(times)
     tokens_s = sum(tokens) / total_s if total_s else 0.0

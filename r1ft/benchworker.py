@@ -116,6 +116,7 @@ def run_variant(spec: dict) -> dict[str, Any] | None:
         "checkpointed_layers": [k for _, k in policy.history] if policy else None,
         "compile": _compile_stats() if info.get("compiled") else None,
         "profile": timer.profile_text,
+        "profiled_steps": spec.get("profile_steps"),
         **info,
     }
 
@@ -277,9 +278,9 @@ class StepTimer(_step_timer_base()):
             self.peaks.append(torch.cuda.max_memory_allocated())
             torch.cuda.reset_peak_memory_stats()
         if self._prof is not None and state.global_step >= self.profile_steps[1]:
-            self.profile_text = _stop_profiler(self._prof, self.cuda, self.profile_path)
+            wall = sum(self.step_s[self.profile_steps[0] :])
+            self.profile_text = _stop_profiler(self._prof, self.cuda, self.profile_path, wall)
             self._prof = None
-            self.profile_steps = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -295,13 +296,22 @@ def _start_profiler(cuda: bool):
     return prof
 
 
-def _stop_profiler(prof, cuda: bool, path: Path | None) -> str:
+def _stop_profiler(prof, cuda: bool, path: Path | None, wall_s: float) -> str:
+    """The top operators by GPU time, and how busy the GPU was over the profiled steps."""
     prof.stop()
-    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70)
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    try:
+        table = events.table(sort_by=key, row_limit=40, max_name_column_width=70)
+    except (AttributeError, KeyError, ValueError):
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        table = events.table(sort_by=key, row_limit=40, max_name_column_width=70)
+    busy_us = sum(getattr(e, key, 0.0) for e in events)
+    head = f"profiled wall {wall_s:.3f} s; summed {key} {busy_us / 1e6:.3f} s ({busy_us / 1e6 / wall_s:.0%} busy)"
+    text = head + "\n" + table
     if path is not None:
-        path.write_text(table)
-    return table
+        path.write_text(text)
+    return text
 
 
 if __name__ == "__main__":

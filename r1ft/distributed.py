@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from r1ft.settings import Settings
 
 LAUNCH_VARS = ("LOCAL_RANK", "WORLD_SIZE")  # set by torchrun / accelerate launch for every worker
+BARRIER_TIMEOUT_S = 2 * 3600
 
 
 def world_size(settings: Settings, visible_gpus: int) -> int:
@@ -50,9 +51,15 @@ def launch_command(
 
 
 def _state():
+    """accelerate's process state, the one the Trainer uses (the first call joins the process group)."""
+    from datetime import timedelta
+
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    # cpu=True is what makes accelerate use gloo across CPU processes; a long timeout lets the other ranks
+    # wait at a barrier while rank 0 prepares the data or evaluates (torchrun ends them all if one fails).
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=BARRIER_TIMEOUT_S))
 
 
 def rank() -> int:

@@ -1,0 +1,134 @@
+"""The benchmark's logic on the tiny CPU model: variants in their own processes, same sequences, the loss
+check, the table and the JSON; plus its length table and FLOP count."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from r1ft import bench, benchdata
+from r1ft.settings import load_settings
+from r1ft.tiny import base_config
+
+
+def bench_args(tmp_path: Path, **kw) -> argparse.Namespace:
+    args = bench.parser().parse_args([])
+    args.tiny, args.out = True, tmp_path / "out" / "bench.json"
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+def run_bench(tmp_path: Path, capsys, **kw) -> tuple[int, dict, str]:
+    settings = load_settings({"R1FT_WORK_DIR": str(tmp_path / "work")}, env_file=None)
+    code = bench.main(settings, bench_args(tmp_path, **kw))
+    out = capsys.readouterr().out
+    return code, json.loads((tmp_path / "out" / "bench.json").read_text()), out
+
+
+def test_original_recipe_and_fast_path_train_the_same(tmp_path, capsys):
+    """2 x 8 padded with accumulation and 16 padding-free in one micro-batch: the same losses, step by step."""
+    code, report, out = run_bench(tmp_path, capsys, variants="a,b", steps=4)
+    assert code == 0
+    check = report["check"]
+    assert check["passed"] and check["steps"] == 4 and check["max_rel_diff"] < 1e-4
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["a"]["layout"] == [2, 8, 1] and rows["b"]["layout"] == [16, 1, 1]
+    assert rows["a"]["x_original"] == pytest.approx(1.0)
+    assert all(r["tokens_per_s"] > 0 and r["s_per_step"] > 0 for r in rows.values())
+    raw = {r["name"]: r for r in report["raw"]}
+    assert raw["a"]["step_tokens"] == raw["b"]["step_tokens"]  # same sequences, same order
+    last = out.strip().splitlines()
+    assert last[-1].startswith("JSON:") and last[-2] == "GPU: cpu (tiny model)"
+    assert "loss check" in out and "PASSED" in out
+
+
+@pytest.mark.slow
+def test_two_processes_with_the_global_batch_train_like_one(tmp_path, capsys):
+    """torchrun, gloo: 16 sequences over 2 processes give the single process's losses; 16 per process too."""
+    code, report, _ = run_bench(tmp_path, capsys, gpus=2, steps=3)
+    assert code == 0
+    raw = {r["name"]: r for r in report["raw"]}
+    one, strong, weak = raw["c"], raw["c_strong2"], raw["c_weak2"]
+    assert strong["processes"] == 2 and strong["layout"] == [8, 1, 2] and weak["layout"] == [16, 1, 2]
+    assert strong["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    assert weak["step_tokens"][0] > 1.5 * one["step_tokens"][0]
+    assert {r["name"]: r.get("x_one_gpu") for r in report["rows"]}["c_weak2"] > 0
+
+
+def test_unknown_variant_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="unknown variant"):
+        run_bench(tmp_path, capsys, variants="zz")
+
+
+def test_every_variant_sees_a_prefix_of_the_same_sequences():
+    typical = bench.Variant("x", "x")
+    short = bench.sequences(typical, 2, tiny=False, vocab=151936, max_len=2048, seed=7)
+    long = bench.sequences(typical, 5, tiny=False, vocab=151936, max_len=2048, seed=7)
+    assert len(short) == 32 and long[:32] == short
+    for row in short:
+        n_prompt = row["labels"].count(-100)
+        assert 0 < n_prompt < len(row["input_ids"]) <= 2048
+        assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
+    worst = bench.sequences(bench.Variant("w", "w", data="worst"), 1, False, 151936, 2048, 7)
+    assert {len(r["input_ids"]) for r in worst} == {2048}
+
+
+def test_flops_and_summary():
+    cfg = base_config()
+    flops = bench.model_flops(cfg, 16, [(400, 500)])
+    n_layers = 28 * (1536 * 1536 * 2 + 2 * 1536 * 256 + 1536 + 2 * 256 + 3 * 1536 * 8960 + 2 * 1536)
+    assert 4 * n_layers * 500 < flops < 1.1 * 4 * n_layers * 500 + 4 * 151936 * 1536 * 400
+    result = {
+        "warmup": 1,
+        "processes": 1,
+        "step_s": [9.0, 1.0, 2.0, 3.0, 50.0, 50.0],
+        "step_tokens": [100, 100, 100, 100, 100, 100],
+        "step_peak_bytes": [2**30, 3 * 2**30],
+        "seq_lengths": [(80, 100)] * 6,
+        "profiled_steps": [4, 6],
+    }
+    s = bench.summarize(result, cfg, 16, "NVIDIA H100 80GB HBM3", mean_tokens=450.0)
+    assert s["s_per_step"] == 2.0 and s["tokens_per_s"] == pytest.approx(50.0)  # warm-up and profile left out
+    assert s["peak_gib"] == 3.0
+    assert s["mfu"] == pytest.approx(3 * bench.model_flops(cfg, 16, [(80, 100)]) / 6.0 / 989.4e12)
+    assert s["full_recipe_h"] == pytest.approx(3 * 22_500 * 450 / 50 / 3600)
+    assert bench.peak_tflops("NVIDIA H100 PCIe") == 756.0 and bench.peak_tflops("weird card") is None
+
+
+def test_loss_check_tolerance():
+    ok = bench.loss_check({"a": {"losses": [10.0, 9.0]}, "b": {"losses": [10.1, 9.1]}})
+    assert ok["passed"] and ok["max_rel_diff"] == pytest.approx(0.0111, abs=1e-3)
+    bad = bench.loss_check({"a": {"losses": [10.0, 9.0]}, "b": {"losses": [10.0, 8.0]}})
+    assert bad["passed"] is False
+    assert bench.loss_check({"a": {"losses": [1.0]}})["passed"] is None
+
+
+def test_several_gpus_launch_through_torchrun(tmp_path):
+    cmd = bench.worker_command(4, tmp_path / "spec.json")
+    assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node=4" in cmd
+    assert cmd[-3:] == ["-m", "r1ft.benchworker", str(tmp_path / "spec.json")]
+    assert bench.worker_command(1, tmp_path / "s.json")[1:] == [
+        "-m",
+        "r1ft.benchworker",
+        str(tmp_path / "s.json"),
+    ]
+
+
+def test_token_estimate_and_length_table():
+    assert benchdata.estimate_tokens("The answer is 1234.") == 3 + 1 + 4 + 1  # words, the space, digits, "."
+    assert benchdata.estimate_tokens(" electroencephalography") > 1
+    table = benchdata.load_lengths()
+    assert len(table["prompt"]) == len(table["completion"]) == 4000
+    assert 400 < benchdata.mean_tokens(table, 2048) < 520
+    assert len(benchdata.usable_pairs(table, 2048)) < 4000  # the longest examples are dropped, as in training
+
+
+def test_length_table_is_derived_from_the_shared_sample(shared_data):
+    sample = shared_data / "mathcoder-sample" / "mathcodeinstruct_format_sample.jsonl"
+    derived = benchdata.derive_lengths(sample)
+    kept = benchdata.load_lengths()
+    assert derived["prompt"] == kept["prompt"] and derived["completion"] == kept["completion"]
