@@ -193,11 +193,10 @@ def load_for_generation(path: Path):
     return model.to(device).eval(), tokenizer
 
 
-def free_model(model) -> None:
-    """Release a model's memory before the next one is loaded."""
+def release_memory() -> None:
+    """Hand freed GPU memory back (call after the last reference to a model is deleted)."""
     import torch
 
-    del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -320,7 +319,8 @@ def run_model(path: Path, items: list[Item], s, budget_s: float) -> dict[str, An
         prompts = sample_prompts(model, tokenizer, s)
         gens, stats = generate_within_budget(model, tokenizer, items, s, budget_s)
     finally:
-        free_model(model)
+        del model  # the only reference: the next model loads into the freed memory
+        release_memory()
     return {"path": str(path), "prompts": prompts, "gens": gens, "stats": stats, "seconds": _clock() - t0}
 
 
@@ -619,11 +619,10 @@ def _verdict(passed: bool | None) -> str:
 
 
 def evaluation_markdown(result: dict) -> str:
-    """The model card's evaluation section: before/after table, indicators, loss curves, the three prompts."""
+    """The body of the model card's evaluation section (the card supplies the `## Evaluation` heading):
+    before/after table, success indicators, loss curves, the three prompts with both models' outputs."""
     d = result["decoding"]
     lines = [
-        "## Evaluation",
-        "",
         f"Base model (before) and fine-tune (after) answered the same {result['scored']} problems "
         f"(planned: {result['planned']['eval']} held-out eval examples, {result['planned']['scibench']} SciBench "
         f"test problems), greedy decoding, up to {d['max_new_tokens']} new tokens, batches of {d['batch_size']}, "

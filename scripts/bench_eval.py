@@ -82,7 +82,7 @@ def micro(
     (the first run warms up, and compiles where the cache is static), the second is timed."""
     import torch
 
-    from r1ft.evaluate import free_model, generate, load_for_generation
+    from r1ft.evaluate import generate, load_for_generation, release_memory
 
     model, tokenizer = load_for_generation(model_dir)
     rows = []
@@ -100,7 +100,8 @@ def micro(
                 rows.append({"cache": cache, "run": attempt, "batch": batch, "new_tokens": tokens, "seconds": dt,
                              "tokens_per_s": n / dt, "ms_per_step": 1000 * dt / tokens, "peak_gib": peak})  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
-    free_model(model)
+    del model
+    release_memory()
     return rows
 
 
