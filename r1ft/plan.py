@@ -205,6 +205,11 @@ def make_plan(
         adaptations.append(f"keep {keep} checkpoint(s) instead of {settings.save_total_limit}")
     _, minimum = peak(1, True)
     problems = []
+    if stream and settings.gguf_types:
+        problems.append(
+            f"R1FT_GGUF needs the merged model on disk, which this budget cannot hold: raise "
+            f"R1FT_DISK_BUDGET_GB to {_round_up(peak(keep, False)[1]):g} or leave R1FT_GGUF empty"
+        )
     if total > settings.disk_budget_gb:
         problems.append(
             f"the job needs about {size(total).strip()} but R1FT_DISK_BUDGET_GB is {settings.disk_budget_gb:g}: "
@@ -286,5 +291,5 @@ def config_for(settings: Settings, base_path: Path | None = None) -> dict:
     if base_path is not None and (Path(base_path) / "config.json").is_file():
         return json.loads((Path(base_path) / "config.json").read_text())
     if settings.is_tiny:
-        return {**TINY_SHAPE, "vocab_size": 576, "dtype": "float32"}
+        return {**TINY_SHAPE, "vocab_size": 640, "dtype": "float32"}
     return base_config()

@@ -124,9 +124,10 @@ def model_card(report: dict[str, Any], repo_hint: str = "OWNER/NAME") -> str:
         parts += ["\n## Evaluation\n", evaluation_markdown(evaluation)]
     gguf = report.get("gguf")
     if gguf:
-        from r1ft.gguf_export import gguf_markdown
+        from r1ft.gguf_export import GgufResult, gguf_markdown
 
-        parts += ["\n## GGUF\n", gguf_markdown(gguf, repo_hint)]
+        results = [GgufResult(**{**g, "path": Path(g["path"])}) for g in gguf]
+        parts += ["", gguf_markdown(results, repo_hint)]
     parts += ["\n## How to use\n", _usage(repo_hint), "\n## Licenses\n", LICENSES, ""]
     return "\n".join(parts)
 

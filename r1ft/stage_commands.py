@@ -69,7 +69,7 @@ def gguf_run(settings: Settings, run_dir: Path, report: dict) -> int:
     )
     if not job.settings.gguf_types:
         raise SystemExit("r1ft: set R1FT_GGUF to the types to export, e.g. R1FT_GGUF=f16,q8_0")
-    stages.export_gguf(job, run_dir / "merged", None)
+    stages.export_gguf(job, run_dir / "merged", None, stream=False)  # kept locally: `r1ft publish` sends them
     stages.save_report(job)
     return EXIT_OK
 

@@ -298,14 +298,26 @@ def evaluate(job: Job, prepared, merged: Path) -> None:
         )
 
 
-def export_gguf(job: Job, merged: Path, plan) -> None:
+def export_gguf(job: Job, merged: Path, plan, stream: bool = True) -> None:
+    """GGUF files from the merged model, each verified; in the job each is staged to the destination and
+    deleted before the next is written, so at most one is ever on disk."""
     if not job.settings.gguf_types:
         return
     from r1ft.gguf_export import export_gguf as export
 
+    on_file_ready = None
+    if stream:
+        dest = job.destination()
+
+        def on_file_ready(path: Path) -> None:
+            dest.stage_file(path, f"gguf/{path.name}", delete_after=True)
+
     with job.step("gguf"):
-        results = export(merged, job.run_dir / "gguf", job.settings.gguf_types)
-    job.report["gguf"] = [json_safe(r) for r in results]
+        results = export(merged, job.run_dir / "gguf", job.settings.gguf_types, on_file_ready=on_file_ready)
+    job.report["gguf"] = [{**json_safe(r), "path": str(r.path)} for r in results]
+    for r in results:
+        if not r.verified:
+            log.warning("GGUF %s not published: %s", r.type, r.message)
 
 
 def write_report(job: Job) -> None:

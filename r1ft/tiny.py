@@ -108,8 +108,10 @@ def build_tiny_base(dest: Path, seed: int = 0) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in (BOS, EOS)}
+    # Like the real model (151,936 rows for 151,665 tokens), the embedding has spare rows: AutoTokenizer
+    # loads this tokenizer as Qwen2Tokenizer, which appends `<|endoftext|>` after the saved vocabulary.
     config = Qwen2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=-(-(len(tokenizer) + 1) // 64) * 64,
         rope_theta=10000.0,
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,

@@ -147,3 +147,29 @@ def test_every_command_has_help(tmp_path):
     for cmd in ("run", "plan", "data", "merge", "eval", "publish", "collect", "gguf", "bench"):
         result = run_job(job_env(tmp_path), tmp_path, cmd, "--help")
         assert result.rc == 0 and "usage: r1ft" in result.output, cmd
+
+
+def test_smoke_job_with_gguf_publishes_files_that_reload_to_the_merged_logits(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from r1ft import chat
+
+    result = run_job(job_env(tmp_path, R1FT_GGUF="f16,q8_0"), tmp_path)
+    assert result.rc == 0, result.output[-3000:]
+    pub = published_dir(tmp_path)
+    listed = {f["path"] for f in json.loads((pub / "manifest.json").read_text())["files"]}
+    assert {"gguf/model-f16.gguf", "gguf/model-q8_0.gguf"} <= listed
+    assert "ollama" in (pub / "README.md").read_text().lower()
+    tok = AutoTokenizer.from_pretrained(pub / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(pub / "merged", dtype=torch.float32).eval()
+    ids = torch.tensor([chat.prompt_ids(tok, chat.user_message("Solve for x: 3x + 5 = 20"))])
+    with torch.no_grad():
+        ref = merged(input_ids=ids).logits
+        for name, bound in (("model-f16.gguf", 1e-3), ("model-q8_0.gguf", 0.15)):
+            model = AutoModelForCausalLM.from_pretrained(
+                pub / "gguf", gguf_file=name, dtype=torch.float32
+            ).eval()
+            got = model(input_ids=ids).logits[..., : ref.shape[-1]]
+            err = ((got - ref).abs().max() / ref.std()).item()
+            assert err < bound, (name, err)
