@@ -29,7 +29,7 @@ from typing import NamedTuple
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
 
-def _braced(text: str, start: int) -> tuple[str, int] | None:
+def braced(text: str, start: int) -> tuple[str, int] | None:
     """The content of the brace group opening at `text[start] == '{'` and the index after it."""
     depth = 0
     for i in range(start, len(text)):
@@ -56,7 +56,7 @@ def last_boxed(text: str) -> str | None:
     while j < len(text) and text[j] in " \t":
         j += 1
     if j < len(text) and text[j] == "{":
-        found = _braced(text, j)
+        found = braced(text, j)
         return found[0].strip() if found else None
     if j > rest:  # `\boxed 5`: the token after the space, up to `$` or the end of the line
         m = re.match(r"[^\s$]+", text[j:])
@@ -133,7 +133,7 @@ def _unwrap(text: str, commands: tuple[str, ...]) -> str:
     for cmd in commands:
         pattern = re.compile(re.escape(cmd) + r"\s*\{")
         while (m := pattern.search(text)) is not None:
-            found = _braced(text, m.end() - 1)
+            found = braced(text, m.end() - 1)
             if found is None:
                 break
             text = text[: m.start()] + found[0] + text[found[1] :]
@@ -212,10 +212,10 @@ def _latex_to_python(text: str) -> str:
     """Rewrite LaTeX arithmetic as a Python expression (fractions, roots, powers, times, pi)."""
     text = text.replace("\\frac", "\\frac ")
     while (m := re.search(r"\\frac\s*\{", text)) is not None:
-        num = _braced(text, m.end() - 1)
+        num = braced(text, m.end() - 1)
         if num is None or num[1] >= len(text) or text[num[1]] != "{":
             raise ValueError("malformed \\frac")
-        den = _braced(text, num[1])
+        den = braced(text, num[1])
         if den is None:
             raise ValueError("malformed \\frac")
         text = f"{text[: m.start()]}(({num[0]})/({den[0]})){text[den[1] :]}"
@@ -369,7 +369,7 @@ def scibench_boxed(output: str) -> str | None:
         return None  # SciBench also tries `\fbox`, whose content its remove_boxed then rejects
     if not output.startswith("oxed{", idx):
         return None
-    found = _braced(output, idx + len("oxed"))
+    found = braced(output, idx + len("oxed"))
     if found is None:
         return None
     answer = found[0]

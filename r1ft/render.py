@@ -25,7 +25,7 @@ import re
 import unicodedata
 from typing import Any
 
-from r1ft.answers import last_boxed, scibench_prompt_unit, scibench_unit_exponent
+from r1ft.answers import braced, last_boxed, scibench_prompt_unit, scibench_unit_exponent
 from r1ft.chat import user_message
 
 # Reasons a record is skipped; every one is counted in the data statistics.
@@ -109,15 +109,8 @@ def last_box_span(text: str) -> tuple[int, int, str] | None:
         i += 1
     if i >= len(text) or text[i] != "{":
         return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return start, j + 1, text[i + 1 : j].strip()
-    return None
+    group = braced(text, i)
+    return None if group is None else (start, group[1], group[0].strip())
 
 
 def answer_sentence(text: str) -> tuple[int, int] | None:
