@@ -112,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="the tiny model on CPU (tests the benchmark itself)")
     p.add_argument("--profile", default="", help="variant to profile (torch.profiler, 2 steps after warm-up)")
     p.add_argument("--timeout", type=int, default=480, help="seconds allowed per variant")
+    p.add_argument("--budget", type=int, default=0, help="seconds for all variants (the rest are skipped)")
     return p  # fmt: skip
 
 
@@ -125,9 +126,14 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     opts["base"] = str(base)
     gpu = _gpu_name(opts["tiny"])
     results = []
+    deadline = time.monotonic() + opts["budget"] if opts["budget"] else math.inf
     for v in variants:
+        left = deadline - time.monotonic()
+        if left < 30:
+            results.append({"name": v.name, "error": "skipped: the --budget ran out"})
+            continue
         print(f"bench: {v.name} ({v.label}) ...", flush=True)
-        results.append(run_one(v, work, base, settings, opts))
+        results.append(run_one(v, work, base, settings, {**opts, "timeout": min(opts["timeout"], left)}))
         print(f"bench: {v.name}: {results[-1].get('error') or _brief(results[-1])}", flush=True)
     report = build_report(results, variants, opts, gpu, settings)
     out = opts["out"] or work / "bench.json"
@@ -151,6 +157,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "tiny": tiny,
         "profile": getattr(args, "profile", "") or "",
         "timeout": getattr(args, "timeout", 480) or 480,
+        "budget": getattr(args, "budget", 0) or 0,
         "command": " ".join(sys.argv),
     }
 
@@ -222,20 +229,32 @@ def run_one(v: Variant, work: Path, base: Path, settings: Settings, opts: dict) 
         "profile_steps": [steps - 2, steps] if v.profile else None,  # the last two, left out of the timing
     }
     (vdir / "spec.json").write_text(json.dumps(spec, indent=1))
-    cmd = worker_command(v.gpus, vdir / "spec.json")
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, timeout=opts["timeout"], capture_output=True, text=True)
-    except subprocess.TimeoutExpired:
-        return {"name": v.name, "error": f"timed out after {opts['timeout']} s"}
-    (vdir / "log.txt").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0 or not result_path.is_file():
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
-        return {"name": v.name, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
+    code = run_logged(worker_command(v.gpus, vdir / "spec.json"), vdir / "log.txt", opts["timeout"])
+    if code != 0 or not result_path.is_file():
+        tail = (vdir / "log.txt").read_text(errors="replace").strip().splitlines()[-15:]
+        what = f"timed out after {opts['timeout']:.0f} s" if code is None else f"exit {code}"
+        return {"name": v.name, "error": f"{what}: " + " | ".join(tail)}
     result = json.loads(result_path.read_text())
     result.update(wall_s=round(time.perf_counter() - t0, 1), warmup=warmup, steps=steps)
     result["seq_lengths"] = [(sum(1 for x in r["labels"] if x != -100), len(r["input_ids"])) for r in rows]
     return result
+
+
+def run_logged(cmd: list[str], log_path: Path, timeout: float) -> int | None:
+    """Run `cmd` in its own process group with its output in `log_path`; on timeout end that group
+    (torchrun and its workers) and return None."""
+    import os
+    import signal
+
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return None
 
 
 def worker_command(gpus: int, spec: Path) -> list[str]:

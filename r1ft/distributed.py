@@ -8,13 +8,19 @@ here wrap it so the rest of r1ft never reads the launcher's environment variable
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from r1ft.settings import Settings
 
 LAUNCH_VARS = ("LOCAL_RANK", "WORLD_SIZE")  # set by torchrun / accelerate launch for every worker
 BARRIER_TIMEOUT_S = 2 * 3600
+# Why training stops, as numbers every rank can agree on (the largest wins): see `agree_on_stop`.
+STOP_CODES = {"": 0, "SIGINT": 1, "SIGTERM": 2, "disk": 3}
+SIGNAL_EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
 def world_size(settings: Settings, visible_gpus: int) -> int:
@@ -48,6 +54,25 @@ def launch_command(
         module,
         *argv,
     ]
+
+
+def run_launcher(cmd: list[str]) -> int:
+    """Run the launcher as a child, pass SIGTERM/SIGINT on to it (torchrun hands them to the workers, which
+    save and stop), and return its exit code; 143/130 when a signal asked the job to stop."""
+    proc = subprocess.Popen(cmd)
+    received: list[int] = []
+
+    def forward(signum, frame) -> None:
+        received.append(signum)
+        proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in SIGNAL_EXIT}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return SIGNAL_EXIT[received[0]] if received and code != 0 else code
 
 
 def _state():
@@ -89,3 +114,41 @@ def barrier() -> None:
 def device_map() -> dict[str, int]:
     """`from_pretrained`'s device_map that puts the whole model on this process's GPU (4-bit included)."""
     return {"": local_rank()}
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first (downloads, data preparation into the shared cache), then the others."""
+    with _state().main_process_first():
+        yield
+
+
+def agree_on_stop(reason: str) -> str:
+    """The stop reason every rank adopts this step: the most serious one any rank has ('' for none).
+
+    Ranks must stop at the same optimizer step or the others hang in the next gradient all-reduce; a
+    signal or the disk watchdog reaches one rank at a time, so each step the ranks compare notes."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return reason
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    code = torch.tensor([STOP_CODES.get(reason, max(STOP_CODES.values()))], device=device)
+    dist.all_reduce(code, op=dist.ReduceOp.MAX)
+    return {v: k for k, v in STOP_CODES.items()}[int(code.item())]
+
+
+def stop_agreement_callback(stop_flag):
+    """A TrainerCallback (put it first): at each step end, every rank takes the stop request of any rank,
+    so that the save-and-stop callbacks after it act on the same step everywhere."""
+    from transformers import TrainerCallback
+
+    class StopAgreement(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            agreed = agree_on_stop(stop_flag.reason)
+            if agreed and not stop_flag.reason:
+                stop_flag.request(agreed)
+            return control
+
+    return StopAgreement()

@@ -1,0 +1,63 @@
+"""Data-parallel helpers: how many processes, the torchrun command, signals through the launcher, and ranks
+agreeing on when to stop (gloo on CPU)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import torch.multiprocessing as mp
+
+from r1ft import distributed
+from r1ft.settings import load_settings
+
+
+def test_world_size_defaults_to_the_visible_gpus():
+    assert distributed.world_size(load_settings({}, env_file=None), visible_gpus=4) == 4
+    assert distributed.world_size(load_settings({}, env_file=None), visible_gpus=0) == 1
+    forced = load_settings({"R1FT_NUM_PROCESSES": "1"}, env_file=None)
+    assert distributed.world_size(forced, visible_gpus=8) == 1
+
+
+def test_launch_command_runs_r1ft_under_torchrun():
+    cmd = distributed.launch_command(2, ["run"], python="/usr/bin/python3")
+    assert cmd == [
+        "/usr/bin/python3", "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+        "--nproc-per-node=2", "-m", "r1ft", "run",
+    ]  # fmt: skip
+    assert distributed.launched({"LOCAL_RANK": "0", "WORLD_SIZE": "2", "RANK": "0"})
+    assert not distributed.launched({"PATH": "/bin"})
+
+
+def test_sigterm_reaches_the_launched_processes_and_exits_143():
+    child = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(7)); time.sleep(30)"
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        assert distributed.run_launcher([sys.executable, "-c", child]) == 143
+    finally:
+        timer.cancel()
+    assert distributed.run_launcher([sys.executable, "-c", "raise SystemExit(3)"]) == 3
+
+
+def _agree(rank: int, path: str, reasons: list[str], out: dict) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=len(reasons))
+    try:
+        out[rank] = distributed.agree_on_stop(reasons[rank])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_agree_on_the_most_serious_stop_reason(tmp_path: Path):
+    for reasons, expected in ((["", "SIGTERM"], "SIGTERM"), (["disk", "SIGTERM"], "disk"), (["", ""], "")):
+        store = tmp_path / f"pg-{expected or 'none'}"
+        with mp.Manager() as manager:
+            out = manager.dict()
+            mp.spawn(_agree, args=(str(store), reasons, out), nprocs=2, join=True)
+            assert dict(out) == {0: expected, 1: expected}
+    assert distributed.agree_on_stop("SIGINT") == "SIGINT"  # one process: nothing to agree with
