@@ -631,13 +631,12 @@ def evaluation_markdown(result: dict) -> str:
         "| Problems | Before (base) | After (fine-tune) |",
         "|---|---|---|",
     ]
+    sl = result["scibench_lenient"]
     for name, row in result["accuracy"].items():
         lines.append(f"| {GROUP_TITLES.get(name, name)} | {_cell(row['before'])} | {_cell(row['after'])} |")
-    if result["scibench_lenient"]["before"]["n"]:
-        sl = result["scibench_lenient"]
-        lines.append(
-            f"| SciBench, lenient parsing (\\frac, units, unboxed) | {_cell(sl['before'])} | {_cell(sl['after'])} |"
-        )
+        if name == SCIBENCH_GROUP and sl["before"]["n"]:
+            title = "SciBench, lenient parsing (\\frac, units, unboxed)"
+            lines.append(f"| {title} | {_cell(sl['before'])} | {_cell(sl['after'])} |")
     for name in MODELS:
         m = result["models"][name]
         if m["budget_exhausted"]:
