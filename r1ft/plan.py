@@ -18,6 +18,7 @@ from r1ft.settings import Settings
 GB = 1e9
 MEAN_TOKENS_PER_EXAMPLE = 470  # the MathCodeInstruct-format sample's mean, R1 rendering
 ACT_MB_PER_TOKEN = {False: 3.75, True: 0.31}  # by gradient checkpointing
+NF4_BYTES_PER_PARAM = 0.52  # 4 bits + an 8-bit absmax per 64 weights + its fp32 scale per 256 blocks
 # Activation MB per micro-batch token, by (every layer checkpointed, decoder layers compiled); the
 # adaptive checkpointing policy (r1ft.fastpath) interpolates between the two columns layer by layer.
 ACT_MB_PER_TOKEN_PATH = {(False, False): 4.8, (False, True): 4.0, (True, False): 0.35, (True, True): 0.35}
@@ -115,7 +116,11 @@ def checkpoint_gb(shape: ModelShape, quant: str) -> float:
 
 
 def vram_peak_gb(shape: ModelShape, quant: str, checkpointing: bool, micro_batch_tokens: int) -> float:
-    weights = shape.params * (0.56 if quant == "nf4" else 2.0)
+    if quant == "nf4":  # 4-bit linear weights + double-quantized scales; embeddings and LM head stay bf16
+        unquantized = 2 * shape.vocab * shape.hidden
+        weights = (shape.params - unquantized) * NF4_BYTES_PER_PARAM + unquantized * 2.0
+    else:
+        weights = shape.params * 2.0
     lora_state = shape.lora_params * 16  # fp32 weights, grads, two Adam moments
     scale = (shape.hidden * shape.layers) / (1536 * 28)  # activations grow with width x depth
     acts = micro_batch_tokens * ACT_MB_PER_TOKEN[checkpointing] * 1e6 * scale
