@@ -140,15 +140,22 @@ def agree_on_stop(reason: str) -> str:
 
 
 def stop_agreement_callback(stop_flag):
-    """A TrainerCallback (put it first): at each step end, every rank takes the stop request of any rank,
-    so that the save-and-stop callbacks after it act on the same step everywhere."""
+    """A TrainerCallback to put LAST: at each step end, after every rank's own callbacks have decided, the
+    ranks compare their stop requests; if any rank wants to stop, all save and stop at this step.
+
+    Callbacks before it may request a stop (signal, disk watchdog) and set `should_training_stop`, since
+    this one extends any such decision to every rank; nothing may set it later in the step on one rank
+    only (e.g. in `on_save`): request the stop there, and the next step's agreement stops everyone."""
     from transformers import TrainerCallback
 
     class StopAgreement(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             agreed = agree_on_stop(stop_flag.reason)
-            if agreed and not stop_flag.reason:
-                stop_flag.request(agreed)
+            if agreed:
+                if not stop_flag.reason:
+                    stop_flag.request(agreed)
+                control.should_save = True
+                control.should_training_stop = True
             return control
 
     return StopAgreement()

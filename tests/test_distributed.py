@@ -61,3 +61,17 @@ def test_ranks_agree_on_the_most_serious_stop_reason(tmp_path: Path):
             mp.spawn(_agree, args=(str(store), reasons, out), nprocs=2, join=True)
             assert dict(out) == {0: expected, 1: expected}
     assert distributed.agree_on_stop("SIGINT") == "SIGINT"  # one process: nothing to agree with
+
+
+def test_the_agreed_stop_saves_and_stops():
+    from transformers import TrainerControl
+
+    from r1ft.signals import StopFlag
+
+    flag = StopFlag()
+    callback = distributed.stop_agreement_callback(flag)
+    control = callback.on_step_end(None, None, TrainerControl())
+    assert not control.should_training_stop
+    flag.request("disk")
+    control = callback.on_step_end(None, None, TrainerControl())
+    assert control.should_save and control.should_training_stop
