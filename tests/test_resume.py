@@ -92,7 +92,7 @@ def test_fresh_work_dir_resumes_from_the_destination(straight, interrupted, tmp_
 
 
 def test_truncated_checkpoint_file_is_skipped_for_the_previous_one(straight, interrupted, tmp_path):
-    src, k = interrupted
+    src, _ = interrupted
     tmp = clone(src, tmp_path / "truncated")
     ckpts = sorted(
         (run_dir_of(tmp) / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])
