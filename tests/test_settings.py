@@ -110,7 +110,9 @@ def test_env_example_lists_every_setting_and_is_current():
     from r1ft.settings import Settings, env_example_text
 
     text = (REPO / ".env.example").read_text()
-    assert text == env_example_text(), "regenerate: python -c 'from r1ft.settings import env_example_text; ...'"
+    assert text == env_example_text(), (
+        "regenerate: python -c 'from r1ft.settings import env_example_text; ...'"
+    )
     for name, info in Settings.model_fields.items():
         if info.validation_alias is None:
             assert f"#R1FT_{name.upper()}=" in text
