@@ -99,6 +99,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    return add_arguments(p)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The benchmark's options (shared by `scripts/bench` and `r1ft bench`)."""
     p.add_argument("--variants", default="", help="comma list of variant names (default: all)")
     p.add_argument(
         "--steps",

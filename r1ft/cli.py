@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -47,10 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("src", help="hf://owner/name[@rev], s3://bucket/prefix, or a directory")
     c.add_argument("dest", type=Path, help="local directory to write")
 
-    b = sub.add_parser("bench", help="GPU benchmark of training variants (see docs/performance.md)")
-    b.add_argument("--variants", default="", help="comma list of variant names (default: all)")
-    b.add_argument("--steps", type=int, default=0, help="timed optimizer steps per variant")
-    b.add_argument("--out", type=Path, default=None, help="where to write the JSON results")
+    from r1ft.bench import add_arguments
+
+    add_arguments(
+        sub.add_parser("bench", help="GPU benchmark of training variants (see docs/performance.md)")
+    )
     return p
 
 
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from r1ft.logs import setup_console
 
-    setup_console()
+    # Workers of a multi-GPU run: rank 0 logs the job, the others only their warnings and errors.
+    setup_console(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     handler = globals()[f"cmd_{args.command}"]
     try:
         return handler(settings, args)
@@ -74,6 +77,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(settings: Settings, args) -> int:
+    """The job; with several GPUs (or R1FT_NUM_PROCESSES > 1), relaunched as one process per GPU."""
+    from r1ft import distributed
+    from r1ft.gpu_info import query_gpus
+
+    processes = distributed.world_size(settings, len(query_gpus()))
+    if processes > 1 and not distributed.launched(os.environ):
+        log.info("training data-parallel: %d processes (torchrun), rank 0 owns the side effects", processes)
+        code = distributed.run_launcher(
+            distributed.launch_command(processes, ["--env-file", str(args.env_file), "run"])
+        )
+        if code not in (0, 2, 3, 4, 130, 143):
+            # A rank died (torchrun then ends the others), possibly before rank 0 could stop the instance.
+            from r1ft.instance import stop_instance
+
+            log.error("a training process failed (exit %d); see the log above", code)
+            log.info(stop_instance(settings, False))
+        return code
     from r1ft.pipeline import run_job
 
     return run_job(settings)
@@ -172,6 +192,8 @@ def cmd_collect(settings: Settings, args) -> int:
 def cmd_bench(settings: Settings, args) -> int:
     from r1ft.bench import main as bench_main
 
+    if args.out is None and os.environ.get("OUT"):  # the GPU machine's output folder
+        args.out = Path(os.environ["OUT"]) / "bench.json"
     return bench_main(settings, args)
 
 

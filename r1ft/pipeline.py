@@ -37,6 +37,7 @@ class Job:
     run_dir: Path
     base: Path | str = ""
     pusher: Any = None
+    main: bool = True  # rank 0 (or the only process): the one that owns side effects
     dest: Any = (
         None  # the publish destination, made once: streamed merge shards and the final publish share it
     )
@@ -68,26 +69,36 @@ class _Timer:
 
 
 def run_job(settings: Settings) -> int:
-    """The whole job; returns the process exit code."""
-    from r1ft import banner, data, stages
+    """The whole job; returns the process exit code.
+
+    With several processes (one per GPU, started by torchrun) every rank trains; side effects (job log,
+    data preparation, checkpoint bookkeeping, merge, evaluation, publishing, stopping the instance) belong
+    to rank 0, and the other ranks leave once training ends.
+    """
+    from r1ft import banner, data, distributed, stages
     from r1ft.logs import attach_file_log
     from r1ft.signals import StopFlag
 
     stop = StopFlag().install()
+    main = distributed.is_main()
     run_id = settings.resolved_run_id(data.data_fingerprint(settings))
-    job = Job(settings, run_id, Path(settings.work_dir).resolve() / "runs" / run_id)
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    attach_file_log(job.run_dir / "job.log")
-    env = banner.environment(Path(settings.work_dir))
-    log.info(banner.render(env))
-    job.report.update(run_id=run_id, environment=env, settings=settings.public_dict())
+    job = Job(settings, run_id, Path(settings.work_dir).resolve() / "runs" / run_id, main=main)
+    if main:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        attach_file_log(job.run_dir / "job.log")
+        env = banner.environment(Path(settings.work_dir))
+        log.info(banner.render(env))
+        job.report.update(run_id=run_id, environment=env, settings=settings.public_dict())
     try:
         hw, plan = stages.plan_job(job)
         with stages.disk_watchdog(job, plan) as watchdog:
-            job.base = stages.fetch_base_model(job)
-            tokenizer = stages.load_tokenizer(job)
-            prepared = stages.prepare_data(job, tokenizer)
+            with distributed.main_process_first():
+                job.base = stages.fetch_base_model(job)
+                tokenizer = stages.load_tokenizer(job)
+                prepared = stages.prepare_data(job, tokenizer)
             stages.train(job, tokenizer, prepared, hw, plan, watchdog, stop)
+            if not main:
+                return stop.exit_code if stop.reason else EXIT_OK
             if not stop.reason:
                 merged = stages.merge(job, tokenizer, hw, plan)
                 stages.evaluate(job, prepared, merged)
@@ -99,9 +110,10 @@ def run_job(settings: Settings) -> int:
         return stages.stop_instance(job, published)
     except JobError as e:
         log.error("%s", e)
-        job.report["error"] = str(e)
-        stages.save_report(job)
-        stages.stop_instance(job, published_ok=False)
+        if main:
+            job.report["error"] = str(e)
+            stages.save_report(job)
+            stages.stop_instance(job, published_ok=False)
         return e.exit_code
     finally:
         stop.uninstall()

@@ -133,7 +133,10 @@ class Settings(BaseSettings):
     liger: Literal["auto", "true", "false"] = Field(
         "auto", description="Liger fused kernels (auto: on GPU if installed)"
     )
-    torch_compile: bool = Field(False, description="torch.compile the model")
+    torch_compile: Literal["auto", "true", "false"] = Field(
+        "false",
+        description="regional torch.compile of the decoder layers (auto: on a GPU); off until benchmarked on GPU",
+    )
     seed: int = Field(42, description="seed for data order, split and initialisation")
     save_steps: int = Field(200, gt=0, description="save a checkpoint every N optimizer steps")
     save_total_limit: int = Field(3, gt=0, description="checkpoints kept on disk")

@@ -48,17 +48,3 @@ class StopFlag:
     @property
     def exit_code(self) -> int:
         return EXIT_CODES.get(self.reason, 4 if self.reason == "disk" else 1)
-
-
-def signal_callback(stop_flag: StopFlag):
-    """A TrainerCallback that turns a pending stop request into save-and-stop at the end of the step."""
-    from transformers import TrainerCallback
-
-    class GracefulStopCallback(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if stop_flag.reason:
-                control.should_save = True
-                control.should_training_stop = True
-            return control
-
-    return GracefulStopCallback()

@@ -81,7 +81,11 @@ def disk_watchdog(job: Job, plan):
         s.disk_budget_gb,
         s.disk_free_floor_gb,
         keep=plan.keep_checkpoints,
-    ).start()
+    )
+    if not job.main:  # rank 0 measures and prunes for the whole machine; its stop requests reach every rank
+        yield wd
+        return
+    wd.start()
     try:
         yield wd
     finally:
@@ -135,28 +139,29 @@ def prepare_data(job: Job, tokenizer):
 # --- training -----------------------------------------------------------------------------------------
 def train(job: Job, tokenizer, prepared, hw, plan, watchdog, stop):
     """LoRA training under the watchdog, the signal handler and the checkpoint pusher; resumes if it can."""
-    from r1ft import resume
-    from r1ft.signals import signal_callback
+    from r1ft import distributed, resume
     from r1ft.train import attn_implementation, batch_layout, run_training, use_liger
     from r1ft.watchdog import trainer_callback
 
     s = job.settings
     choices = {
         "quant": plan.quant,
-        "layout": batch_layout(s, 1),
+        "layout": batch_layout(s, distributed.num_processes()),
         "checkpointing": plan.checkpointing,
         "attn": attn_implementation(s, hw),
         "liger": use_liger(s, hw),
     }
     job.report["training_choices"] = {**choices, "layout": vars(choices["layout"])}
-    start = resume.find_resume_point(s, job.run_dir, job.run_id)
-    job.report["resume"] = start.as_dict()
-    _record_resume(job, start)
+    with distributed.main_process_first():  # rank 0 may fetch last-checkpoint/ for everyone
+        start = resume.find_resume_point(s, job.run_dir, job.run_id)
+    if job.main:
+        job.report["resume"] = start.as_dict()
+        _record_resume(job, start)
     job.pusher = resume.CheckpointPusher(s, job.run_dir, s.push_checkpoint_every)
     callbacks = [
         trainer_callback(watchdog, stop, {"run_id": job.run_id}),
-        signal_callback(stop),
         resume.pusher_callback(job.pusher),
+        distributed.stop_agreement_callback(stop),  # last: every rank stops at the same step
     ]
     with job.step("train"):
         result = run_training(

@@ -291,8 +291,11 @@ def run_training(
     args = sft_config(
         settings, run_dir, layout, hw, quant, choices["checkpointing"], choices["liger"], has_eval=has_eval
     )
-    tb = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "logs")))
-    callbacks = [tb, log_callback(), *callbacks]
+    from r1ft import distributed
+
+    if distributed.is_main():  # one event file, written by rank 0
+        tb = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "logs")))
+        callbacks = [tb, log_callback(), *callbacks]
     trainer = SFTTrainer(
         model=model,
         args=args,

@@ -162,9 +162,6 @@ def trainer_callback(watchdog: DiskWatchdog, stop_flag, marker_extra: dict | Non
         def on_step_end(self, args, state, control, **kwargs):
             if watchdog.state.over_budget and not stop_flag.reason:
                 stop_flag.request("disk")
-            if stop_flag.reason:
-                control.should_save = True
-                control.should_training_stop = True
             return control
 
         def on_save(self, args, state, control, **kwargs):
@@ -174,10 +171,10 @@ def trainer_callback(watchdog: DiskWatchdog, stop_flag, marker_extra: dict | Non
                     checkpoints.mark_complete(
                         ckpt, {"global_step": state.global_step, **(marker_extra or {})}
                     )
-                reason = watchdog.enforce()
-                if reason and not stop_flag.reason:
+                if watchdog.enforce() and not stop_flag.reason:
+                    # Only request: the stop-agreement callback stops every rank at the next step's end
+                    # (setting should_training_stop here, on rank 0 alone, would hang the others).
                     stop_flag.request("disk")
-                    control.should_training_stop = True
             return control
 
     return DiskWatchdogCallback()

@@ -42,15 +42,23 @@ class JobResult:
 
 
 def run_job(env: dict[str, str], cwd: Path, *args: str, timeout: float = 600) -> JobResult:
-    proc = subprocess.run(
+    """Run the job to its end; on a timeout, its whole process group (torchrun workers too) is killed."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "r1ft", *(args or ("run",))],
         env=env,
         cwd=cwd,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        start_new_session=True,
     )
-    return JobResult(proc.returncode, proc.stdout + proc.stderr, proc.stdout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"the job did not end in {timeout} s:\n{(out + err)[-3000:]}") from None
+    return JobResult(proc.returncode, out + err, out)
 
 
 def run_job_until(

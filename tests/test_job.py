@@ -173,3 +173,28 @@ def test_smoke_job_with_gguf_publishes_files_that_reload_to_the_merged_logits(tm
             got = model(input_ids=ids).logits[..., : ref.shape[-1]]
             err = ((got - ref).abs().max() / ref.std()).item()
             assert err < bound, (name, err)
+
+
+def test_two_processes_train_like_one_and_publish_once(tmp_path):
+    """R1FT_NUM_PROCESSES=2 on CPU (gloo): one set of outputs, published once, the same losses as one
+    process. LoRA dropout is off (each process has its own RNG stream), and the steps stay inside the
+    first epoch: at an epoch's end a short global batch is evened out across processes with repeats."""
+    losses = {}
+    for n in (1, 2):
+        tmp = tmp_path / f"p{n}"
+        tmp.mkdir()
+        env = job_env(tmp, R1FT_NUM_PROCESSES=str(n), R1FT_LORA_DROPOUT="0", R1FT_GLOBAL_BATCH="2",
+                      R1FT_MAX_STEPS="6", R1FT_SAVE_STEPS="3", R1FT_EVAL_STEPS="3")  # fmt: skip
+        result = run_job(env, tmp, timeout=300)
+        assert result.rc == 0, result.output[-3000:]
+        report = json.loads((published_dir(tmp) / "report.json").read_text())
+        assert report["training_choices"]["layout"]["processes"] == n
+        assert report["training_choices"]["layout"]["per_device"] * n == 2
+        losses[n] = {int(k): v for k, v in report["training"]["loss_by_step"].items()}
+        assert result.output.count("published 1") + result.output.count("verified against manifest.json") >= 1
+        assert result.output.count("== publish") == 1
+        assert len(list((published_dir(tmp) / "logs").glob("events.out.tfevents.*"))) == 1
+        assert len(list((tmp / "work" / "runs").iterdir())) == 1
+    assert losses[1].keys() == losses[2].keys()
+    for step, loss in losses[1].items():
+        assert losses[2][step] == pytest.approx(loss, rel=1e-3), step
