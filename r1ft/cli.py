@@ -101,6 +101,7 @@ def cmd_run(settings: Settings, args) -> int:
 
 def cmd_plan(settings: Settings, args) -> int:
     from r1ft import plan as planning
+    from r1ft.distributed import world_size
     from r1ft.gpu_info import query_gpus
     from r1ft.watchdog import GB, free_bytes
 
@@ -114,6 +115,7 @@ def cmd_plan(settings: Settings, args) -> int:
         free_gb=free_bytes(Path(settings.work_dir)) / GB,
         gpu_name=gpu_name,
         gpu_mem_gb=gpu_mem,
+        processes=world_size(settings, len(gpus)),
     )
     print(p.to_json() if args.json else planning.render_plan(p, gpu_name))
     return 0 if p.fits else 4

@@ -78,6 +78,8 @@ class Plan:
     train_hours: float = 0.0
     cost_usd: float = 0.0
     problems: list[str] = field(default_factory=list)
+    layout: dict = field(default_factory=dict)  # per_device x accum x processes
+    learning_rate: float = 0.0
 
     @property
     def recommended_disk_gb(self) -> int:
@@ -143,10 +145,14 @@ def make_plan(
     train_tokens: int | None = None,
     base_on_disk_outside_work: bool = False,
     gguf_bytes: dict[str, int] | None = None,
+    processes: int = 1,
 ) -> Plan:
     """The whole job's disk, VRAM, time and cost plan; adapts keep count and streaming to fit the budget."""
+    from r1ft.train import batch_layout
+
+    layout = batch_layout(settings, processes)
     shape = model_shape(config, settings.lora_r)
-    micro_tokens = (settings.batch_size or settings.global_batch) * settings.max_seq_len
+    micro_tokens = layout.per_device * settings.max_seq_len  # the worst case: every sequence at full length
     bf16_ckpt = vram_peak_gb(shape, "none", True, micro_tokens)
     if settings.quant != "auto":
         quant = settings.quant
@@ -156,7 +162,9 @@ def make_plan(
         quant = "none" if bf16_ckpt <= 0.85 * gpu_mem_gb else "nf4"
     no_ckpt = vram_peak_gb(shape, quant, False, micro_tokens)
     if settings.gradient_checkpointing == "auto":
-        checkpointing = bool(gpu_mem_gb) and no_ckpt > 0.85 * gpu_mem_gb
+        # Unknown card (a laptop planning a rental): size for checkpointing, which r1ft applies per batch
+        # only where memory needs it.
+        checkpointing = no_ckpt > 0.85 * gpu_mem_gb if gpu_mem_gb else not settings.is_tiny
     else:
         checkpointing = settings.gradient_checkpointing == "true"
     vram = vram_peak_gb(shape, quant, checkpointing, micro_tokens)
@@ -231,7 +239,8 @@ def make_plan(
     else:
         total_tokens = settings.max_steps * settings.global_batch * MEAN_TOKENS_PER_EXAMPLE
     rate = H100_TOKENS_PER_S[(quant, checkpointing)] * gpu_speed(gpu_name)
-    hours = total_tokens / rate / 3600
+    # Several GPUs: data-parallel at an assumed 85% scaling efficiency (not yet measured on this job).
+    hours = total_tokens / (rate * (1 if processes == 1 else 0.85 * processes)) / 3600
     return Plan(
         disk_items=items,
         disk_peak_gb=_round_up(total),
@@ -250,6 +259,8 @@ def make_plan(
         train_hours=round(hours, 2),
         cost_usd=round(hours * settings.gpu_hourly_usd, 2),
         problems=problems,
+        layout={"per_device": layout.per_device, "accum": layout.accum, "processes": layout.processes},
+        learning_rate=settings.learning_rate,
     )
 
 
@@ -279,7 +290,17 @@ def render_plan(plan: Plan, gpu_name: str = "") -> str:
         f"  base weights: {'4-bit NF4' if plan.quant == 'nf4' else 'bf16'}; gradient checkpointing "
         f"{'on' if plan.checkpointing else 'off'}; predicted peak VRAM {plan.vram_peak_gb:g} GB"
     )
-    where = f" on {gpu_name}" if gpu_name else " on one H100"
+    if plan.layout:
+        lay = plan.layout
+        total = lay["per_device"] * lay["accum"] * lay["processes"]
+        lines.append(
+            f"  batch: {total} sequences per optimizer step = {lay['per_device']} per device x {lay['accum']} "
+            f"accumulation x {lay['processes']} process(es); learning rate {plan.learning_rate:g} "
+            "(never rescaled with the batch: set R1FT_LEARNING_RATE yourself if you change R1FT_GLOBAL_BATCH)"
+        )
+    procs = plan.layout.get("processes", 1) if plan.layout else 1
+    card = gpu_name or "H100"
+    where = f" on {procs} x {card} (85% scaling assumed)" if procs > 1 else f" on one {card}"
     cost = f", about ${plan.cost_usd:.2f}" if plan.cost_usd else ""
     lines.append(
         f"  training: about {plan.train_tokens / 1e6:.1f}M tokens, {plan.train_hours:.2f} h{where}{cost}"

@@ -15,6 +15,7 @@ log = logging.getLogger("r1ft")
 # --- plan ---------------------------------------------------------------------------------------------
 def plan_job(job: Job):
     """Hardware, then the disk/VRAM/time plan; stops with exit 4 before any download when it cannot fit."""
+    from r1ft import distributed
     from r1ft import plan as planning
     from r1ft.train import detect_hardware
     from r1ft.watchdog import GB, free_bytes
@@ -31,6 +32,7 @@ def plan_job(job: Job):
         gpu_mem_gb=hw.gpu_mem_gb,
         base_on_disk_outside_work=local_base is not None and not _inside(local_base, Path(s.work_dir)),
         gguf_bytes=_gguf_estimates(s, config),
+        processes=distributed.num_processes(),
     )
     log.info(planning.render_plan(p, hw.gpu_name))
     job.report["plan"] = json_safe(p)
