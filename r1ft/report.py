@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,26 @@ def _front_matter(report: dict[str, Any]) -> str:
     )
 
 
+def _weights(choices: dict[str, Any]) -> str:
+    if choices.get("quant") == "nf4":
+        return "4-bit NF4 (QLoRA), bf16 compute"
+    return "fp32 (CPU)" if choices.get("device") == "cpu" else "bf16"
+
+
 def _recipe(s: dict[str, Any], report: dict[str, Any]) -> str:
     choices = report.get("training_choices", {})
     layout = choices.get("layout", {})
     rows = [
-        ("base model", f"`{s.get('base_model')}` @ `{s.get('base_revision')}`"),
-        ("base weights in training", "4-bit NF4 (QLoRA)" if choices.get("quant") == "nf4" else "bf16"),
+        (
+            "base model",
+            f"`{s.get('base_model')}`"
+            + (
+                f" @ `{s.get('base_revision')}`"
+                if "/" in str(s.get("base_model")) and not str(s.get("base_model")).startswith("/")
+                else ""
+            ),
+        ),
+        ("base weights in training", _weights(choices)),
         (
             "LoRA",
             f"r={s.get('lora_r')}, alpha={s.get('lora_alpha')}, dropout={s.get('lora_dropout')}, "
@@ -59,23 +73,66 @@ def _recipe(s: dict[str, Any], report: dict[str, Any]) -> str:
 
 
 def _data(stats: dict[str, Any]) -> str:
+    """Counts per source, what was dropped and why, token lengths (the full numbers are in report.json)."""
     if not stats:
         return "(no data statistics)"
-    return "```json\n" + json.dumps(stats, indent=1, default=str)[:4000] + "\n```"
+    rows = [
+        "| source | records | train rows | eval rows | duplicates removed | too long | bad |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, src in stats.get("sources", {}).items():
+        dups = sum((src.get("duplicates") or {}).values())
+        length = src.get("length") or {}
+        rows.append(
+            f"| {name} ({src.get('origin', '?')}{', rev ' + src['revision'] if src.get('revision') else ''}) "
+            f"| {src.get('records', 0)} | {src.get('train_rows', 0)} | {src.get('eval', 0)} | {dups} "
+            f"| {length.get('too_long', 0)} | {sum((src.get('bad') or {}).values())} |"
+        )
+    out = ["\n".join(rows), ""]
+    contamination = stats.get("contamination") or {}
+    if contamination:
+        out.append(
+            f"SciBench's {contamination.get('test_problems', 0)} test problems (the main files) are held out for "
+            f"evaluation: {contamination.get('removed', 0)} matching example(s) removed from training data, "
+            f"{contamination.get('leaked', 0)} leaked."
+        )
+    tokens = stats.get("tokens") or {}
+    lengths = tokens.get("length") or {}
+    if tokens:
+        out.append(
+            f"Training tokens: {tokens.get('train_total', 0):,} ({tokens.get('train_loss', 0):,} carry loss); "
+            f"example length p50 {lengths.get('p50', '?')}, p90 {lengths.get('p90', '?')}, max {lengths.get('max', '?')}."
+        )
+    return "\n".join(out)
 
 
 def _metrics(report: dict[str, Any]) -> str:
     m = report.get("training", {}).get("metrics", {})
-    keep = {k: v for k, v in m.items() if isinstance(v, int | float)}
-    if not keep:
+    wanted = {
+        "train_loss": "mean training loss",
+        "eval_loss": "final eval loss",
+        "train_runtime": "training time (s)",
+        "train_samples_per_second": "sequences per second",
+        "epoch": "epochs",
+    }
+    rows = [
+        f"| {label} | {m[key]:.4g} |" for key, label in wanted.items() if isinstance(m.get(key), int | float)
+    ]
+    if isinstance(m.get("eval_loss"), int | float):
+        rows.append(f"| eval perplexity | {math.exp(min(m['eval_loss'], 50)):.4g} |")
+    if not rows:
         return "(none)"
-    return "| metric | value |\n|---|---|\n" + "\n".join(
-        f"| {k} | {v:.4g} |" for k, v in sorted(keep.items())
-    )
+    return "| metric | value |\n|---|---|\n" + "\n".join(rows)
 
 
 def _usage(repo: str) -> str:
-    return f"""With PEFT (adapter on the base model):
+    fetch = ""
+    if repo.startswith("s3://"):
+        fetch = f"Fetch it first (checked against the manifest): `r1ft collect {repo} run`, then load from `run`.\n\n"
+        repo = "run"
+    return (
+        fetch
+        + f"""With PEFT (adapter on the base model):
 
 ```python
 from peft import AutoPeftModelForCausalLM
@@ -97,6 +154,7 @@ ids = tok(prompt, return_tensors="pt", add_special_tokens=False)  # the template
 out = model.generate(**ids, max_new_tokens=2048, do_sample=True, temperature=0.6, top_p=0.95)
 ```
 """
+    )
 
 
 def model_card(report: dict[str, Any], repo_hint: str = "OWNER/NAME") -> str:
@@ -121,7 +179,8 @@ def model_card(report: dict[str, Any], repo_hint: str = "OWNER/NAME") -> str:
     if evaluation:
         from r1ft.evaluate import evaluation_markdown
 
-        parts += ["\n## Evaluation\n", evaluation_markdown(evaluation)]
+        body = evaluation_markdown(evaluation)
+        parts += [body if body.lstrip().startswith("## Evaluation") else "\n## Evaluation\n\n" + body]
     gguf = report.get("gguf")
     if gguf:
         from r1ft.gguf_export import GgufResult, gguf_markdown
@@ -133,9 +192,14 @@ def model_card(report: dict[str, Any], repo_hint: str = "OWNER/NAME") -> str:
 
 
 def repo_hint(output: str, run_dir: Path) -> str:
+    """Where readers load the published run from: the Hub repo id, the S3 URI, or the local directory."""
     if output.startswith("hf://"):
         return output[5:].split("@")[0]
-    return str(run_dir)
+    if output.startswith("s3://"):
+        return output
+    if output:
+        return str(Path(output.removeprefix("file://")).resolve())
+    return str(Path("runs", run_dir.name).resolve())
 
 
 def write_model_card(run_dir: Path, report: dict[str, Any]) -> Path:

@@ -153,7 +153,7 @@ def train(job: Job, tokenizer, prepared, hw, plan, watchdog, stop):
         "attn": attn_implementation(s, hw),
         "liger": use_liger(s, hw),
     }
-    job.report["training_choices"] = {**choices, "layout": vars(choices["layout"])}
+    job.report["training_choices"] = {**choices, "layout": vars(choices["layout"]), "device": hw.device}
     with distributed.main_process_first():  # rank 0 may fetch last-checkpoint/ for everyone
         start = resume.find_resume_point(s, job.run_dir, job.run_id)
     if job.main:
