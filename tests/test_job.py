@@ -143,6 +143,25 @@ def test_stage_commands_work_on_the_run_dir(smoke):
     assert (tmp / "collected" / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_merge_eval_and_gguf_stage_commands_rerun_on_the_run_dir(smoke):
+    tmp, _ = smoke
+    run_dir = run_dir_of(tmp)
+    env = job_env(tmp)
+    (run_dir / "merged" / "config.json").unlink()
+    merged = run_job(env, tmp, "merge", "--run-dir", str(run_dir))
+    assert merged.rc == 0, merged.output[-2000:]
+    assert (run_dir / "merged" / "config.json").is_file()
+    (run_dir / "eval" / "results.json").unlink()
+    evaluated = run_job(env, tmp, "eval", "--run-dir", str(run_dir))
+    assert evaluated.rc == 0, evaluated.output[-2000:]
+    assert json.loads((run_dir / "eval" / "results.json").read_text())["accuracy"]
+    gguf = run_job(job_env(tmp, R1FT_GGUF="f16"), tmp, "gguf", "--run-dir", str(run_dir))
+    assert gguf.rc == 0, gguf.output[-2000:]
+    assert (run_dir / "gguf" / "model-f16.gguf").is_file()
+    missing = run_job(env, tmp, "eval", "--run-dir", str(tmp / "nowhere"))
+    assert missing.rc != 0 and "report.json" in missing.output
+
+
 def test_every_command_has_help(tmp_path):
     for cmd in ("run", "plan", "data", "merge", "eval", "publish", "collect", "gguf", "bench"):
         result = run_job(job_env(tmp_path), tmp_path, cmd, "--help")
