@@ -80,6 +80,9 @@ def save_sharded(
         tmp = out_dir / (filename + ".partial")
         save_file(tensors, str(tmp), metadata={"format": "pt"})
         path = out_dir / filename
+        tmp.chmod(
+            0o644
+        )  # safetensors creates its files 0600; published weights are world-readable like the rest
         tmp.replace(path)
         total += path.stat().st_size
         del tensors
