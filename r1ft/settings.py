@@ -335,6 +335,7 @@ def cross_checks(s: Settings) -> list[str]:
                 f"R1FT_BATCH_SIZE x R1FT_GRAD_ACCUM x R1FT_NUM_PROCESSES = {product} but R1FT_GLOBAL_BATCH = "
                 f"{s.global_batch}: set only two of them"
             )
+    problems += _location_problems(s)
     if s.is_tiny and s.quant == "nf4":
         problems.append(
             "R1FT_QUANT=nf4 needs a CUDA GPU and a real base model; the tiny model trains in bf16/fp32"
@@ -343,6 +344,39 @@ def cross_checks(s: Settings) -> list[str]:
         problems.append("R1FT_SAVE_TOTAL_LIMIT must keep at least one checkpoint")
     if s.lora_alpha <= 0:
         problems.append("R1FT_LORA_ALPHA must be positive")
+    return problems
+
+
+def _looks_like_path(value: str) -> bool:
+    return (
+        value.startswith(("/", "./", "../", "~", "file://"))
+        or value.endswith((".json", ".jsonl", ".parquet"))
+        or any(c in value for c in "*?[")
+    )
+
+
+def _location_problems(s: Settings) -> list[str]:
+    """A base model or data source that names a local path must exist; anything else must be a Hub id."""
+    import glob
+
+    problems = []
+    checks = [("R1FT_BASE_MODEL", s.base_model, {TINY_MODEL}),
+              ("R1FT_MATHCODEINSTRUCT_SOURCE", s.mathcodeinstruct_source, {"builtin", "none"}),
+              ("R1FT_SCIBENCH_SOURCE", s.scibench_source, {"builtin", "none"})]  # fmt: skip
+    for name, value, keywords in checks:
+        if value in keywords or glob.glob(os.path.expanduser(value.removeprefix("file://"))):
+            continue  # a keyword, or a local path that exists (relative ones too)
+        if _looks_like_path(value):
+            path = os.path.expanduser(value.removeprefix("file://"))
+            if not glob.glob(path):
+                problems.append(
+                    f"{name}={value!r}: no such file or directory; fix the path (or give a Hub id)"
+                )
+        elif not re.fullmatch(r"[\w.-]+/[\w.-]+", value):
+            also = " or ".join(repr(k) for k in sorted(keywords))
+            problems.append(
+                f"{name}={value!r} is neither a Hub id (owner/name), an existing local path, nor {also}"
+            )
     return problems
 
 

@@ -7,7 +7,16 @@ import logging
 import shutil
 from pathlib import Path
 
-from r1ft.pipeline import EXIT_DISK, EXIT_OK, EXIT_PUBLISH, Job, JobError, dump_json, summary_lines
+from r1ft.pipeline import (
+    EXIT_DISK,
+    EXIT_OK,
+    EXIT_PUBLISH,
+    EXIT_SETTINGS,
+    Job,
+    JobError,
+    dump_json,
+    summary_lines,
+)
 
 log = logging.getLogger("r1ft")
 
@@ -132,7 +141,10 @@ def prepare_data(job: Job, tokenizer):
     from r1ft import data
 
     with job.step("data"):
-        prepared = data.prepare_data(job.settings, tokenizer, job.run_dir)
+        try:
+            prepared = data.prepare_data(job.settings, tokenizer, job.run_dir)
+        except data.DataError as e:  # before any GPU work: the message says what to fix
+            raise JobError(str(e), EXIT_SETTINGS) from e
     job.report["data"] = prepared.stats
     log.info("data: %d train / %d eval examples", len(prepared.train), len(prepared.eval))
     return prepared

@@ -412,8 +412,15 @@ def test_scibench_single_sol_file_and_none(tmp_path, tiny_tokenizer):
 
 @pytest.mark.parametrize("spec", ["missing/dir/", "./nope.jsonl", "/tmp/r1ft-no-such-*.jsonl"])
 def test_missing_local_source(tmp_path, tiny_tokenizer, spec):
+    from r1ft.settings import SettingsError
+
+    # Caught when the settings are parsed, before anything runs ...
+    with pytest.raises(SettingsError, match="R1FT_MATHCODEINSTRUCT_SOURCE="):
+        make_settings(tmp_path, mathcodeinstruct_source=spec)
+    # ... and by the loader itself if the path vanishes after that.
+    settings = make_settings(tmp_path).model_copy(update={"mathcodeinstruct_source": spec})
     with pytest.raises(data.DataError, match="R1FT_MATHCODEINSTRUCT_SOURCE="):
-        prepare(tmp_path, tiny_tokenizer, mathcodeinstruct_source=spec)
+        data.prepare_data(settings, tiny_tokenizer, tmp_path / "run")
 
 
 # --- the Hub ----------------------------------------------------------------------------------------------
@@ -523,7 +530,10 @@ def test_fingerprint(tmp_path):
     hub = make_settings(tmp_path, mathcodeinstruct_source="owner/name")
     pinned = make_settings(tmp_path, mathcodeinstruct_source="owner/name", mathcodeinstruct_revision="abc")
     assert data.data_fingerprint(hub) != data.data_fingerprint(pinned)  # no network needed
-    assert data.data_fingerprint(make_settings(tmp_path, mathcodeinstruct_source=tmp_path / "absent.jsonl"))
+    absent = make_settings(tmp_path).model_copy(
+        update={"mathcodeinstruct_source": str(tmp_path / "absent.jsonl")}
+    )
+    assert data.data_fingerprint(absent)  # never raises: prepare_data reports a missing path
 
 
 # --- the real files ---------------------------------------------------------------------------------------

@@ -217,3 +217,12 @@ def test_two_processes_train_like_one_and_publish_once(tmp_path):
     assert losses[1].keys() == losses[2].keys()
     for step, loss in losses[1].items():
         assert losses[2][step] == pytest.approx(loss, rel=1e-3), step
+
+
+def test_bad_data_exits_2_before_training_with_a_message_and_no_traceback(tmp_path):
+    bad = tmp_path / "scibench.json"
+    bad.write_text('[{"problem_text": 3}]')
+    result = run_job(job_env(tmp_path, R1FT_SCIBENCH_SOURCE=str(bad)), tmp_path)
+    assert result.rc == 2, result.output[-3000:]
+    assert "Traceback" not in result.output and str(bad) in result.output
+    assert "== train" not in result.output

@@ -56,6 +56,10 @@ def test_issue_example_names_all_three_problems():
         ({"R1FT_RUN_ID": "../escape"}, "R1FT_RUN_ID"),
         ({"R1FT_LORA_R": "sixteen"}, "R1FT_LORA_R"),
         ({"R1FT_PRESET": "huge"}, "R1FT_PRESET"),
+        ({"R1FT_BASE_MODEL": "/no/such/model"}, "no such file"),
+        ({"R1FT_BASE_MODEL": "justaname"}, "Hub id"),
+        ({"R1FT_MATHCODEINSTRUCT_SOURCE": "/no/such/file.jsonl"}, "R1FT_MATHCODEINSTRUCT_SOURCE"),
+        ({"R1FT_SCIBENCH_SOURCE": "./missing/*.json"}, "R1FT_SCIBENCH_SOURCE"),
     ],
 )
 def test_bad_values_say_what_to_fix(env, needle):
