@@ -96,6 +96,9 @@ def run_job(settings: Settings) -> int:
                 job.base = stages.fetch_base_model(job)
                 tokenizer = stages.load_tokenizer(job)
                 prepared = stages.prepare_data(job, tokenizer)
+            if stop.reason:  # asked to stop before any training: nothing to save
+                log.warning("stopped by %s before training; nothing to save", stop.reason)
+                return stop.exit_code
             stages.train(job, tokenizer, prepared, hw, plan, watchdog, stop)
             if not main:
                 return stop.exit_code if stop.reason else EXIT_OK
