@@ -118,8 +118,27 @@ def run_job(settings: Settings) -> int:
             stages.save_report(job)
             stages.stop_instance(job, published_ok=False)
         return e.exit_code
+    except Exception as e:  # anything unforeseen: keep what exists, and stop (never destroy) the instance
+        log.exception("the job failed: %s", _advice(e))
+        if main:
+            job.report["error"] = f"{type(e).__name__}: {e}"
+            stages.save_report(job)
+            stages.stop_instance(job, published_ok=False)
+        return 1
     finally:
         stop.uninstall()
+
+
+def _advice(e: Exception) -> str:
+    """What to do about a failure nobody planned for, where something useful can be said."""
+    text = f"{type(e).__name__}: {e}"
+    if "out of memory" in text.lower():
+        return (
+            f"{text}. The GPU ran out of memory: set R1FT_QUANT=nf4 and/or R1FT_GRADIENT_CHECKPOINTING=true, "
+            "or rent a card with more memory (`r1ft plan` shows the predicted peak); the run resumes from its "
+            "newest checkpoint"
+        )
+    return f"{text}. Outputs so far stay in the work dir; rerunning resumes from the newest checkpoint"
 
 
 def summary_lines(job: Job, location: str) -> list[str]:

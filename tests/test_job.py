@@ -226,3 +226,54 @@ def test_bad_data_exits_2_before_training_with_a_message_and_no_traceback(tmp_pa
     assert result.rc == 2, result.output[-3000:]
     assert "Traceback" not in result.output and str(bad) in result.output
     assert "== train" not in result.output
+
+
+def test_an_unforeseen_failure_stops_the_instance_and_keeps_the_report(tmp_path):
+    """A crash nobody planned for (here: the merge) exits non-zero, writes the report, and on Vast asks
+    for a stop, never a destroy (a local stand-in for Vast's API records the request)."""
+    import http.server
+    import textwrap
+    import threading
+
+    requests = []
+
+    class Vast(http.server.BaseHTTPRequestHandler):
+        def _record(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            requests.append((self.command, self.path, self.rfile.read(length).decode()))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"success": true}')
+
+        do_PUT = do_DELETE = do_GET = do_POST = _record
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Vast)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        textwrap.dedent("""
+        import r1ft.merge
+        def broken(*args, **kwargs):
+            raise RuntimeError("disk controller on fire")
+        r1ft.merge.merge_adapter = broken
+    """)
+    )
+    env = job_env(tmp_path, PYTHONPATH=str(hook), CONTAINER_ID="4242", CONTAINER_API_KEY="vastkey",
+                  VAST_URL=f"http://127.0.0.1:{server.server_address[1]}")  # fmt: skip
+    try:
+        result = run_job(env, tmp_path)
+    finally:
+        server.shutdown()
+    assert result.rc == 1, result.output[-3000:]
+    assert (
+        "disk controller on fire" in result.output and "resumes from the newest checkpoint" in result.output
+    )
+    report = json.loads((run_dir_of(tmp_path) / "report.json").read_text())
+    assert "disk controller on fire" in report["error"]
+    assert [(m, p) for m, p, _ in requests] == [("PUT", "/api/v0/instances/4242/")]
+    assert "stopped" in requests[0][2]
