@@ -100,17 +100,22 @@ def run_job(settings: Settings) -> int:
                 log.warning("stopped by %s before training; nothing to save", stop.reason)
                 return stop.exit_code
             stages.train(job, tokenizer, prepared, hw, plan, watchdog, stop)
+            trained = not stop.reason
             if not main:
-                return stop.exit_code if stop.reason else EXIT_OK
-            if not stop.reason:
+                return EXIT_OK if trained else stop.exit_code
+            if trained:
                 merged = stages.merge(job, tokenizer, hw, plan)
-                stages.evaluate(job, prepared, merged)
-                stages.export_gguf(job, merged, plan)
-        if stop.reason:  # SIGTERM, SIGINT or the disk budget: checkpoint saved, push it, exit
+                # A stop asked for after training skips what is left and publishes what exists at once.
+                if not stop.reason:
+                    stages.evaluate(job, prepared, merged)
+                if not stop.reason:
+                    stages.export_gguf(job, merged, plan)
+        if not trained:  # SIGTERM, SIGINT or the disk budget: checkpoint saved, push it, exit
             return stages.finish_interrupted(job, stop, watchdog)
         stages.write_report(job)
         published = stages.publish(job)
-        return stages.stop_instance(job, published)
+        code = stages.stop_instance(job, published)
+        return stop.exit_code if stop.reason and code == EXIT_OK else code
     except JobError as e:
         log.error("%s", e)
         if main:

@@ -277,3 +277,14 @@ def test_an_unforeseen_failure_stops_the_instance_and_keeps_the_report(tmp_path)
     assert "disk controller on fire" in report["error"]
     assert [(m, p) for m, p, _ in requests] == [("PUT", "/api/v0/instances/4242/")]
     assert "stopped" in requests[0][2]
+
+
+def test_sigterm_after_training_skips_evaluation_and_publishes_at_once(tmp_path):
+    from jobrun import run_job_until
+
+    result = run_job_until(job_env(tmp_path), tmp_path, "== merge")
+    assert result.rc == 143, result.output[-3000:]
+    assert "== evaluate" not in result.output
+    pub = published_dir(tmp_path)
+    assert (pub / "adapter" / "adapter_model.safetensors").is_file() and (pub / "manifest.json").is_file()
+    assert list((pub / "merged").glob("*.safetensors"))
