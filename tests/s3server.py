@@ -105,6 +105,12 @@ def s3_server() -> Iterator[tuple[str, Faults]]:
     """(endpoint URL of the proxy in front of a fresh moto server, its Faults), both on 127.0.0.1."""
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
+    # moto keeps its buckets in process-wide state: start every server empty, whatever ran before it.
+    host, port = moto.get_host_and_port()
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("POST", "/moto-api/reset")
+    assert conn.getresponse().status == 200
+    conn.close()
     faults = Faults()
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), _handler(moto.get_host_and_port(), faults))
     proxy.daemon_threads = True
