@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 from pathlib import Path
 
 from r1ft.pipeline import (
@@ -384,7 +383,3 @@ def stop_instance(job: Job, published=None, published_ok: bool | None = None) ->
         ok = False
     log.info(stop(s, ok))
     return exit_code
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)

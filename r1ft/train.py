@@ -81,15 +81,6 @@ def batch_layout(settings: Settings, processes: int) -> Layout:
     return Layout(max(1, per_process // accum), accum, processes)
 
 
-def choose_quant(settings: Settings, hw: Hardware, bf16_peak_gb: float) -> str:
-    """`nf4` or `none`: auto takes the bf16 base where the GPU's memory holds its planned peak."""
-    if settings.quant != "auto":
-        return settings.quant
-    if hw.device != "cuda":
-        return "none"
-    return "none" if bf16_peak_gb <= 0.85 * hw.gpu_mem_gb else "nf4"
-
-
 def bnb_config(settings: Settings):
     """The original recipe's 4-bit NF4 with double quantization and bf16 compute."""
     import torch
@@ -123,12 +114,6 @@ def optimizer_name(settings: Settings, quant: str, hw: Hardware) -> str:
     if quant == "nf4":
         return "paged_adamw_8bit"
     return "adamw_torch_fused" if hw.device == "cuda" else "adamw_torch"
-
-
-def use_checkpointing(settings: Settings, hw: Hardware, peak_without_gb: float) -> bool:
-    if settings.gradient_checkpointing != "auto":
-        return settings.gradient_checkpointing == "true"
-    return hw.device == "cuda" and peak_without_gb > 0.85 * hw.gpu_mem_gb
 
 
 def checkpoint_mode(settings: Settings, hw: Hardware) -> str:
