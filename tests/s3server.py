@@ -122,3 +122,19 @@ def s3_server() -> Iterator[tuple[str, Faults]]:
         proxy.shutdown()
         proxy.server_close()
         moto.stop()
+
+
+def job_bucket(endpoint: str, output: str = "s3://results/runs/smoke") -> dict[str, str]:
+    """Create the bucket `results` on the test server; the env vars a job needs to publish to `output`."""
+    import boto3
+
+    boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1"
+    ).create_bucket(Bucket="results")
+    return {
+        "R1FT_OUTPUT": output,
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }

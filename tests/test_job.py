@@ -291,24 +291,10 @@ def test_sigterm_after_training_skips_evaluation_and_publishes_at_once(tmp_path)
 
 
 def test_smoke_job_publishes_to_s3_and_collect_gets_it_back_byte_identical(tmp_path):
-    import boto3
-    from s3server import s3_server
+    from s3server import job_bucket, s3_server
 
     with s3_server() as (endpoint, _):
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="k",
-            aws_secret_access_key="s",
-            region_name="us-east-1",
-        ).create_bucket(Bucket="results")
-        s3 = {
-            "R1FT_OUTPUT": "s3://results/runs/smoke",
-            "AWS_ACCESS_KEY_ID": "k",
-            "AWS_SECRET_ACCESS_KEY": "s",
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
+        s3 = job_bucket(endpoint)
         result = run_job(job_env(tmp_path, **s3), tmp_path)
         assert result.rc == 0, result.output[-3000:]
         assert "verified against manifest.json" in result.output

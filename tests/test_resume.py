@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from jobrun import job_env, run_dir_of, run_job, run_job_until
-from s3server import s3_server
+from s3server import job_bucket, s3_server
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -145,22 +145,7 @@ def test_kill_9_mid_save_resumes_from_the_previous_complete_checkpoint(straight,
 
 def test_s3_down_during_a_push_then_sigterm_and_a_fresh_instance_resumes_from_s3(straight, tmp_path):
     with s3_server() as (endpoint, faults):
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="k",
-            aws_secret_access_key="s",
-            region_name="us-east-1",
-        ).create_bucket(Bucket="results")
-        s3 = {
-            "R1FT_OUTPUT": "s3://results/runs/smoke",
-            "AWS_ACCESS_KEY_ID": "k",
-            "AWS_SECRET_ACCESS_KEY": "s",
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
+        s3 = job_bucket(endpoint)
         first = tmp_path / "first"
         first.mkdir()
         faults.down = True  # the store is down when the first periodic push comes
