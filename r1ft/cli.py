@@ -103,20 +103,10 @@ def cmd_plan(settings: Settings, args) -> int:
     from r1ft import plan as planning
     from r1ft.distributed import world_size
     from r1ft.gpu_info import query_gpus
-    from r1ft.watchdog import GB, free_bytes
 
     gpus = query_gpus()
     gpu_name, gpu_mem = gpus[0] if gpus else ("", 0.0)
-    local = Path(settings.base_model) if not settings.is_tiny and Path(settings.base_model).exists() else None
-    config = planning.config_for(settings, local)
-    p = planning.make_plan(
-        settings,
-        config,
-        free_gb=free_bytes(Path(settings.work_dir)) / GB,
-        gpu_name=gpu_name,
-        gpu_mem_gb=gpu_mem,
-        processes=world_size(settings, len(gpus)),
-    )
+    p = planning.plan_for(settings, gpu_name, gpu_mem, world_size(settings, len(gpus)))
     print(p.to_json() if args.json else planning.render_plan(p, gpu_name))
     return 0 if p.fits else 4
 

@@ -319,3 +319,42 @@ def config_for(settings: Settings, base_path: Path | None = None) -> dict:
     if settings.is_tiny:
         return {**TINY_SHAPE, "vocab_size": 640, "dtype": "float32"}
     return base_config()
+
+
+def plan_for(settings: Settings, gpu_name: str = "", gpu_mem_gb: float = 0.0, processes: int = 1) -> Plan:
+    """The plan for these settings on this machine: the one `r1ft plan` prints and `r1ft run` enforces.
+
+    Space the work dir already uses (a cached base model, a previous attempt) counts as available to the job,
+    and a local base model outside the work dir costs nothing."""
+    from r1ft.watchdog import GB, dir_bytes, free_bytes
+
+    work = Path(settings.work_dir)
+    local_base = (
+        Path(settings.base_model) if not settings.is_tiny and Path(settings.base_model).exists() else None
+    )
+    config = config_for(settings, local_base)
+    used_gb = dir_bytes(work) / GB if work.exists() else 0.0
+    gguf_bytes = {}
+    if settings.gguf_types:
+        from r1ft.gguf_export import estimate_gguf_bytes
+
+        n = model_shape(config, settings.lora_r).params
+        gguf_bytes = {t: estimate_gguf_bytes(n, t) for t in settings.gguf_types}
+    return make_plan(
+        settings,
+        config,
+        free_gb=free_bytes(work) / GB + used_gb,
+        gpu_name=gpu_name,
+        gpu_mem_gb=gpu_mem_gb,
+        base_on_disk_outside_work=local_base is not None and not _inside(local_base, work),
+        gguf_bytes=gguf_bytes,
+        processes=processes,
+    )
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False

@@ -120,7 +120,6 @@ class CheckpointPusher:
                 log.warning("checkpoint push failed (%s); training goes on, retrying at the next interval", e)
                 return False
             self.pushed_step = checkpoints.step_of(ckpt) or 0
-            log.info("pushed %s as last-checkpoint/", ckpt.name)
             return True
 
     def wait(self, timeout: float | None = None) -> None:

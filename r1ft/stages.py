@@ -26,51 +26,14 @@ def plan_job(job: Job):
     from r1ft import distributed
     from r1ft import plan as planning
     from r1ft.train import detect_hardware
-    from r1ft.watchdog import GB, free_bytes
 
-    s = job.settings
     hw = detect_hardware()
-    local_base = Path(s.base_model) if not s.is_tiny and Path(s.base_model).exists() else None
-    config = planning.config_for(s, local_base)
-    p = planning.make_plan(
-        s,
-        config,
-        free_gb=free_bytes(Path(s.work_dir)) / GB + _used_gb(Path(s.work_dir)),
-        gpu_name=hw.gpu_name,
-        gpu_mem_gb=hw.gpu_mem_gb,
-        base_on_disk_outside_work=local_base is not None and not _inside(local_base, Path(s.work_dir)),
-        gguf_bytes=_gguf_estimates(s, config),
-        processes=distributed.num_processes(),
-    )
+    p = planning.plan_for(job.settings, hw.gpu_name, hw.gpu_mem_gb, distributed.num_processes())
     log.info(planning.render_plan(p, hw.gpu_name))
     job.report["plan"] = json_safe(p)
     if not p.fits:
         raise JobError("the disk plan cannot fit:\n  " + "\n  ".join(p.problems), EXIT_DISK)
     return hw, p
-
-
-def _used_gb(work_dir: Path) -> float:
-    from r1ft.watchdog import GB, dir_bytes
-
-    return dir_bytes(work_dir) / GB if work_dir.exists() else 0.0
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def _gguf_estimates(s, config) -> dict[str, int]:
-    if not s.gguf_types:
-        return {}
-    from r1ft.gguf_export import estimate_gguf_bytes
-    from r1ft.plan import model_shape
-
-    n = model_shape(config, s.lora_r).params
-    return {t: estimate_gguf_bytes(n, t) for t in s.gguf_types}
 
 
 def json_safe(obj):
