@@ -74,18 +74,26 @@ def single_gpu_variants() -> list[Variant]:
     ]  # fmt: skip
 
 
-def multi_gpu_variants(gpus: int) -> list[Variant]:
+def multi_gpu_variants(counts: list[int]) -> list[Variant]:
+    """The 1-GPU baseline, then strong and weak scaling on each GPU count."""
     bf16 = {"R1FT_QUANT": "none", "R1FT_TORCH_COMPILE": "true"}
-    return [
-        Variant("c", "r1ft bf16, 1 GPU, 16 sequences per step", env=bf16),
-        Variant(f"c_strong{gpus}", f"{gpus} GPUs, 16 sequences per step in all", env=bf16, gpus=gpus),
-        Variant(
-            f"c_weak{gpus}",
-            f"{gpus} GPUs, 16 sequences per GPU",
-            env={**bf16, "R1FT_GLOBAL_BATCH": str(16 * gpus)},
-            gpus=gpus,
-        ),
-    ]
+    out = [Variant("c", "r1ft bf16, 1 GPU, 16 sequences per step", env=bf16)]
+    for n in counts:
+        weak = {**bf16, "R1FT_GLOBAL_BATCH": str(16 * n)}
+        out.append(Variant(f"c_strong{n}", f"{n} GPUs, 16 sequences per step in all", env=bf16, gpus=n))
+        out.append(Variant(f"c_weak{n}", f"{n} GPUs, 16 sequences per GPU", env=weak, gpus=n))
+    return out
+
+
+def gpu_counts(text: str) -> list[int]:
+    """`--gpus` as a list: "2" or "2,4" (1 alone: the single-GPU variants)."""
+    try:
+        counts = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"bench: --gpus takes GPU counts such as 2 or 2,4, not {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"bench: --gpus takes GPU counts of 1 or more, not {text!r}")
+    return sorted(set(counts))
 
 
 def tiny_variant(v: Variant) -> Variant:
@@ -116,7 +124,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="JSON results file (default WORK_DIR/bench/bench.json)"
     )
     p.add_argument(
-        "--gpus", type=int, default=1, help="scaling run on this many GPUs (1 GPU baseline included)"
+        "--gpus",
+        default="1",
+        help="scaling run on this many GPUs, or several counts such as 2,4 (the 1-GPU baseline included)",
     )
     p.add_argument("--tiny", action="store_true", help="the tiny model on CPU (tests the benchmark itself)")
     p.add_argument("--profile", default="", help="variant to profile (torch.profiler, 2 steps after warm-up)")
@@ -162,7 +172,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "steps": steps,
         "warmup": getattr(args, "warmup", 0),
         "out": getattr(args, "out", None),
-        "gpus": getattr(args, "gpus", 1) or 1,
+        "gpus": [n for n in gpu_counts(getattr(args, "gpus", "1") or "1") if n > 1],
         "tiny": tiny,
         "profile": getattr(args, "profile", "") or "",
         "timeout": getattr(args, "timeout", 480) or 480,
@@ -172,7 +182,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def choose_variants(opts: dict) -> list[Variant]:
-    pool = multi_gpu_variants(opts["gpus"]) if opts["gpus"] > 1 else single_gpu_variants()
+    pool = multi_gpu_variants(opts["gpus"]) if opts["gpus"] else single_gpu_variants()
     if opts["variants"]:
         known = {v.name: v for v in pool}
         unknown = [n for n in opts["variants"] if n not in known]

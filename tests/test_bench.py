@@ -49,7 +49,7 @@ def test_original_recipe_and_fast_path_train_the_same(tmp_path, capsys):
 @pytest.mark.slow
 def test_two_processes_with_the_global_batch_train_like_one(tmp_path, capsys):
     """torchrun, gloo: 16 sequences over 2 processes give the single process's losses; 16 per process too."""
-    code, report, _ = run_bench(tmp_path, capsys, gpus=2, steps=3)
+    code, report, _ = run_bench(tmp_path, capsys, gpus="2", steps=3)
     assert code == 0
     raw = {r["name"]: r for r in report["raw"]}
     one, strong, weak = raw["c"], raw["c_strong2"], raw["c_weak2"]
@@ -57,6 +57,15 @@ def test_two_processes_with_the_global_batch_train_like_one(tmp_path, capsys):
     assert strong["losses"] == pytest.approx(one["losses"], rel=1e-5)
     assert weak["step_tokens"][0] > 1.5 * one["step_tokens"][0]
     assert {r["name"]: r.get("x_one_gpu") for r in report["rows"]}["c_weak2"] > 0
+
+
+def test_scaling_variants_for_several_gpu_counts():
+    names = [v.name for v in bench.multi_gpu_variants(bench.gpu_counts("4,2"))]
+    assert names == ["c", "c_strong2", "c_weak2", "c_strong4", "c_weak4"]
+    weak4 = bench.multi_gpu_variants([4])[-1]
+    assert weak4.gpus == 4 and weak4.env["R1FT_GLOBAL_BATCH"] == "64"
+    with pytest.raises(SystemExit, match="GPU counts"):
+        bench.gpu_counts("two")
 
 
 def test_unknown_variant_is_refused(tmp_path, capsys):
