@@ -1,9 +1,11 @@
 """Speed-only changes to the model before training; none changes what is computed.
 
-- **Regional compilation**: each decoder layer is compiled in place (`layer.compile()`), so names and the
+- **Regional compilation**: each decoder layer's `forward` is compiled in place, so names and the
   saved adapter stay the same, the 28 identical layers share one compiled graph, and sequence lengths are
   dynamic from the start (one compilation instead of one per length). Inductor fuses the norms, rotary,
-  SwiGLU, LoRA dropout/scale/add and residuals that otherwise each take a pass over memory.
+  SwiGLU, LoRA dropout/scale/add and residuals that otherwise each take a pass over memory. Activation
+  checkpointing wraps the compiled forward from outside: Dynamo never traces `torch.utils.checkpoint`,
+  whose graphs Inductor (torch 2.11) failed to partition on an H100 ("Node mm_42 was invalid").
 - **Adaptive activation checkpointing**: before every forward, the number of decoder layers to checkpoint
   is chosen from the micro-batch's token count and the memory left under the budget, so a typical batch
   keeps all activations (fast), and only a rare long batch, or a small card, recomputes some layers.
@@ -73,7 +75,8 @@ def compile_layers(model) -> int:
     torch._dynamo.config.suppress_errors = True
     layers = decoder_layers(model)
     for layer in layers:
-        layer.compile(dynamic=True)
+        # forward, not the module: GradientCheckpointingLayer.__call__ stays eager and checkpoints around it
+        layer.forward = torch.compile(layer.forward, dynamic=True)
     return len(layers)
 
 

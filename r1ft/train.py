@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,25 @@ def apply_fastpath(model, settings: Settings, hw: Hardware, quant: str) -> dict[
     return done
 
 
+@contextmanager
+def module_patches_undone(model):
+    """Restore the model's modeling module (e.g. `modeling_qwen2`) as it was, on leaving.
+
+    Liger patches that module's classes and functions (RMSNorm, SwiGLU MLP, rotary) for the whole
+    process, so every model built later in the job (merge, evaluation, the GGUF check on CPU) would run
+    Triton kernels, which fail on CPU tensors. The trained model keeps its own patched modules."""
+    module = sys.modules.get(type(model).__module__)
+    saved = dict(vars(module)) if module is not None else {}
+    try:
+        yield
+    finally:
+        for name in [n for n in vars(module) if n not in saved]:
+            delattr(module, name)
+        for name, value in saved.items():
+            if vars(module).get(name) is not value:
+                setattr(module, name, value)
+
+
 def run_training(
     settings: Settings,
     run_dir: Path,
@@ -281,28 +301,29 @@ def run_training(
     if distributed.is_main():  # one event file, written by rank 0
         tb = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "logs")))
         callbacks = [tb, log_callback(), *callbacks]
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds if has_eval else None,
-        processing_class=tokenizer,
-        peft_config=lora_config(settings),
-        callbacks=callbacks,
-    )
-    from transformers.trainer_callback import PrinterCallback
+    with module_patches_undone(model):  # Liger swaps classes in transformers' modeling module
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds if has_eval else None,
+            processing_class=tokenizer,
+            peft_config=lora_config(settings),
+            callbacks=callbacks,
+        )
+        from transformers.trainer_callback import PrinterCallback
 
-    trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by the log callback's lines
-    out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    adapter_dir = run_dir / "adapter"
-    if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(str(adapter_dir))
-        tokenizer.save_pretrained(str(adapter_dir))
-    metrics = dict(out.metrics)
-    stopped = stop_flag is not None and stop_flag.reason
-    if trainer.eval_dataset is not None and not stopped:
-        final_eval = trainer.evaluate()
-        metrics.update(final_eval)
+        trainer.remove_callback(PrinterCallback)  # its raw dicts are replaced by the log callback's lines
+        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        adapter_dir = run_dir / "adapter"
+        if trainer.is_world_process_zero():
+            trainer.model.save_pretrained(str(adapter_dir))
+            tokenizer.save_pretrained(str(adapter_dir))
+        metrics = dict(out.metrics)
+        stopped = stop_flag is not None and stop_flag.reason
+        if trainer.eval_dataset is not None and not stopped:
+            final_eval = trainer.evaluate()
+            metrics.update(final_eval)
     return TrainResult(
         adapter_dir=adapter_dir,
         global_step=trainer.state.global_step,

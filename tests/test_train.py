@@ -183,3 +183,24 @@ def test_padding_free_batches_match_padded_ones(tiny_base, tiny_tokenizer):
         assert abs(lp.item() - lq.item()) < 1e-5
     for name, g in g_padded.items():
         assert torch.allclose(g, g_packed[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_module_patches_made_during_training_are_undone(tiny_base):
+    """Liger replaces classes in transformers' modeling module for the whole process; after training the
+    models built later (merge, evaluation, the GGUF check on CPU) must get the original ones."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.qwen2 import modeling_qwen2
+
+    from r1ft.train import module_patches_undone
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    original_norm, original_rope = modeling_qwen2.Qwen2RMSNorm, modeling_qwen2.apply_rotary_pos_emb
+    with module_patches_undone(model):
+        modeling_qwen2.Qwen2RMSNorm = type("PatchedNorm", (torch.nn.Module,), {})  # as Liger does
+        modeling_qwen2.apply_rotary_pos_emb = lambda *a, **k: None
+        modeling_qwen2.ADDED_BY_PATCH = 1
+    assert modeling_qwen2.Qwen2RMSNorm is original_norm
+    assert modeling_qwen2.apply_rotary_pos_emb is original_rope
+    assert not hasattr(modeling_qwen2, "ADDED_BY_PATCH")
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_base)
+    assert type(fresh.model.norm) is original_norm
