@@ -183,8 +183,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def choose_variants(opts: dict) -> list[Variant]:
     pool = multi_gpu_variants(opts["gpus"]) if opts["gpus"] else single_gpu_variants()
-    if opts["variants"]:
-        known = {v.name: v for v in pool}
+    if opts["variants"]:  # with --gpus, single-GPU variants may be named too (a: ratios to the original)
+        known = {v.name: v for v in single_gpu_variants() + pool}
         unknown = [n for n in opts["variants"] if n not in known]
         if unknown:
             raise SystemExit(f"bench: unknown variant(s) {unknown}; choose from {sorted(known)}")

@@ -75,9 +75,30 @@ def compile_layers(model) -> int:
     torch._dynamo.config.suppress_errors = True
     layers = decoder_layers(model)
     for layer in layers:
-        # forward, not the module: GradientCheckpointingLayer.__call__ stays eager and checkpoints around it
-        layer.forward = torch.compile(layer.forward, dynamic=True)
+        layer.forward = checkpointed_outside(layer, torch.compile(_plain_forward(layer), dynamic=True))
     return len(layers)
+
+
+def _plain_forward(layer):
+    """The layer's forward without transformers' checkpointing wrapper (5.x wraps `forward` itself)."""
+    import types
+
+    forward = type(layer).forward
+    return types.MethodType(getattr(forward, "__wrapped__", forward), layer)
+
+
+def checkpointed_outside(layer, compiled):
+    """An eager forward that checkpoints around the compiled one when the layer is marked for it (as
+    transformers' own wrapper does), so Dynamo never traces `torch.utils.checkpoint`."""
+    import torch
+
+    def forward(*args, **kwargs):
+        if layer.gradient_checkpointing and layer.training and torch.is_grad_enabled():
+            kwargs.pop("use_cache", None)
+            return layer._gradient_checkpointing_func(functools.partial(compiled, **kwargs), *args)
+        return compiled(*args, **kwargs)
+
+    return forward
 
 
 def install_adaptive_checkpointing(model, policy: CheckpointPolicy, in_use_bytes=None):

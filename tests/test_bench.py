@@ -64,6 +64,10 @@ def test_scaling_variants_for_several_gpu_counts():
     assert names == ["c", "c_strong2", "c_weak2", "c_strong4", "c_weak4"]
     weak4 = bench.multi_gpu_variants([4])[-1]
     assert weak4.gpus == 4 and weak4.env["R1FT_GLOBAL_BATCH"] == "64"
+    chosen = bench.choose_variants(
+        {"gpus": [2], "variants": ["a", "c", "c_weak2"], "tiny": False, "profile": ""}
+    )
+    assert [(v.name, v.gpus) for v in chosen] == [("a", 1), ("c", 1), ("c_weak2", 2)]
     with pytest.raises(SystemExit, match="GPU counts"):
         bench.gpu_counts("two")
 

@@ -99,11 +99,22 @@ def test_compiled_layers_keep_losses_and_gradients(tiny_base, monkeypatch):
     loss_plain, grads_plain = loss_and_grads(model, batch)
     assert fastpath.compile_layers(model) == 2
     monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)  # a failed compile fails the test
+    real_checkpoint, checkpointed = torch.utils.checkpoint.checkpoint, []
+
+    def counting_checkpoint(fn, *args, **kwargs):
+        checkpointed.append(
+            torch.compiler.is_compiling()
+        )  # called from eager code, around the compiled layer
+        return real_checkpoint(fn, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
     policy = fastpath.CheckpointPolicy(budget_bytes=0.0, layers=2, act_full=1.0, act_ckpt=0.0, slack_bytes=0)
     fastpath.install_adaptive_checkpointing(model, policy, in_use_bytes=lambda: 0)  # both layers checkpointed
     for lengths in ((37, 52, 29), (61, 17)):  # a second length must not change the result either
         batch = packed_batch(model.config.vocab_size, lengths)
+        checkpointed.clear()
         fastpath_loss, fastpath_grads = loss_and_grads(model, batch)
+        assert checkpointed == [False, False]  # both layers, each outside Dynamo
         for layer in fastpath.decoder_layers(model):
             layer.gradient_checkpointing = False
         torch._dynamo.reset()
