@@ -249,9 +249,11 @@ def run_one(v: Variant, work: Path, base: Path, settings: Settings, opts: dict) 
     }
     (vdir / "spec.json").write_text(json.dumps(spec, indent=1))
     t0 = time.perf_counter()
-    code = run_logged(worker_command(v.gpus, vdir / "spec.json"), vdir / "log.txt", opts["timeout"])
+    code = run_logged(
+        worker_command(v.gpus, vdir / "spec.json"), vdir / "log.txt", opts["timeout"], worker_env(v.gpus)
+    )
     if code != 0 or not result_path.is_file():
-        tail = (vdir / "log.txt").read_text(errors="replace").strip().splitlines()[-15:]
+        tail = log_tail((vdir / "log.txt").read_text(errors="replace"))
         what = f"timed out after {opts['timeout']:.0f} s" if code is None else f"exit {code}"
         return {"name": v.name, "error": f"{what}: " + " | ".join(tail)}
     result = json.loads(result_path.read_text())
@@ -260,14 +262,39 @@ def run_one(v: Variant, work: Path, base: Path, settings: Settings, opts: dict) 
     return result
 
 
-def run_logged(cmd: list[str], log_path: Path, timeout: float) -> int | None:
+def log_tail(text: str, lines: int = 15) -> list[str]:
+    """The last lines of a worker's log, without progress bars and warnings' source lines."""
+    keep = [
+        ln.rsplit("\r", 1)[-1]
+        for ln in text.strip().splitlines()
+        if "it/s]" not in ln and "s/it]" not in ln and not ln.startswith("  warnings.warn")
+    ]
+    return [ln for ln in keep if ln.strip()][-lines:]
+
+
+def worker_env(gpus: int) -> dict[str, str]:
+    """A single-process variant sees one GPU (with several, Trainer would wrap DataParallel, which TRL
+    refuses); torchrun gives each of its workers its own."""
+    import os
+
+    env = dict(os.environ)
+    if gpus <= 1:
+        from r1ft.distributed import use_one_gpu
+
+        use_one_gpu(env)
+    return env
+
+
+def run_logged(
+    cmd: list[str], log_path: Path, timeout: float, env: dict[str, str] | None = None
+) -> int | None:
     """Run `cmd` in its own process group with its output in `log_path`; on timeout end that group
     (torchrun and its workers) and return None."""
     import os
     import signal
 
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

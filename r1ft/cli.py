@@ -82,6 +82,10 @@ def cmd_run(settings: Settings, args) -> int:
     from r1ft.gpu_info import query_gpus
 
     processes = distributed.world_size(settings, len(query_gpus()))
+    if processes == 1 and not distributed.launched(os.environ):
+        distributed.use_one_gpu(
+            os.environ
+        )  # one process with several GPUs visible: Trainer would wrap DataParallel
     if processes > 1 and not distributed.launched(os.environ):
         log.info("training data-parallel: %d processes (torchrun), rank 0 owns the side effects", processes)
         code = distributed.run_launcher(

@@ -12,7 +12,7 @@ import contextlib
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 
 from r1ft.settings import Settings
 
@@ -28,6 +28,19 @@ def world_size(settings: Settings, visible_gpus: int) -> int:
     if settings.num_processes:
         return settings.num_processes
     return max(1, visible_gpus)
+
+
+def use_one_gpu(environ: MutableMapping[str, str]) -> str | None:
+    """Narrow CUDA_VISIBLE_DEVICES to the first visible GPU (before CUDA starts) and return it; None
+    when at most one is visible. A single training process that sees several GPUs makes transformers'
+    Trainer wrap the model in nn.DataParallel, which TRL's SFTTrainer refuses."""
+    from r1ft.gpu_info import visible_gpus
+
+    gpus = visible_gpus(environ)
+    if len(gpus) <= 1:
+        return None
+    environ["CUDA_VISIBLE_DEVICES"] = gpus[0][0]
+    return gpus[0][0]
 
 
 def launched(environ: Mapping[str, str]) -> bool:

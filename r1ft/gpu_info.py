@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 
 
-def query_gpus() -> list[tuple[str, float]]:
-    """[(name, memory GB)] from nvidia-smi; empty when there is no NVIDIA GPU or driver."""
+def query_gpus(environ: Mapping[str, str] | None = None) -> list[tuple[str, float]]:
+    """[(name, memory GB)] of the GPUs this process may use, from nvidia-smi; empty when there is no
+    NVIDIA GPU or driver. nvidia-smi lists every GPU of the machine, so CUDA_VISIBLE_DEVICES (indices or
+    UUIDs) is applied here, as CUDA would apply it."""
+    return [(name, mem) for _, name, mem in visible_gpus(environ)]
+
+
+def visible_gpus(environ: Mapping[str, str] | None = None) -> list[tuple[str, str, float]]:
+    """[(index or UUID as CUDA_VISIBLE_DEVICES names it, name, memory GB)], in CUDA's order."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return []
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            [exe, "--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -21,11 +30,36 @@ def query_gpus() -> list[tuple[str, float]]:
         ).stdout
     except (subprocess.SubprocessError, OSError):
         return []
+    return select_visible(
+        parse_gpus(out), (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    )
+
+
+def parse_gpus(out: str) -> list[tuple[str, str, str, float]]:
+    """nvidia-smi's `index,uuid,name,memory.total` lines as (index, uuid, name, GB)."""
     gpus = []
     for line in out.strip().splitlines():
-        name, _, mem = line.rpartition(",")
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 4:
+            continue
+        index, uuid, mem = parts[0], parts[1], parts[-1]
         try:
-            gpus.append((name.strip(), float(mem) * 1.048576 / 1000))  # MiB -> GB
+            gpus.append((index, uuid, ",".join(parts[2:-1]), float(mem) * 1.048576 / 1000))  # MiB -> GB
         except ValueError:
             continue
     return gpus
+
+
+def select_visible(
+    gpus: list[tuple[str, str, str, float]], visible: str | None
+) -> list[tuple[str, str, float]]:
+    """The GPUs CUDA_VISIBLE_DEVICES leaves, in its order; CUDA stops at the first entry it cannot match."""
+    if visible is None:
+        return [(index, name, mem) for index, _, name, mem in gpus]
+    chosen = []
+    for item in (x.strip() for x in visible.split(",")):
+        match = next((g for g in gpus if item and (item == g[0] or g[1].startswith(item))), None)
+        if match is None:
+            break
+        chosen.append((item, match[2], match[3]))
+    return chosen

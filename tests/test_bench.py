@@ -72,6 +72,12 @@ def test_scaling_variants_for_several_gpu_counts():
         bench.gpu_counts("two")
 
 
+def test_failed_variant_reports_its_last_lines_without_progress_bars():
+    log = "Loading weights:  2%|| 6/339 [00:00<00:13, 24.55it/s]\rLoading 100%|| 339/339 [00:00, 400it/s]\n"
+    log += "  warnings.warn(x)\nTraceback (most recent call last):\nValueError: out of memory\n"
+    assert bench.log_tail(log) == ["Traceback (most recent call last):", "ValueError: out of memory"]
+
+
 def test_unknown_variant_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit, match="unknown variant"):
         run_bench(tmp_path, capsys, variants="zz")

@@ -22,6 +22,45 @@ def test_world_size_defaults_to_the_visible_gpus():
     assert distributed.world_size(forced, visible_gpus=8) == 1
 
 
+FOUR_GPUS = "\n".join(
+    f"{i}, GPU-{i}aaaa-0000, NVIDIA H100 80GB HBM3, 81559" for i in range(4)
+)  # nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits
+
+
+def fake_nvidia_smi(tmp_path: Path, monkeypatch) -> None:
+    """An nvidia-smi on PATH that lists four H100s, as on a 4-GPU Vast machine (it ignores
+    CUDA_VISIBLE_DEVICES, as the real one does)."""
+    exe = tmp_path / "bin" / "nvidia-smi"
+    exe.parent.mkdir()
+    exe.write_text(f"#!/bin/sh\ncat <<'EOF'\n{FOUR_GPUS}\nEOF\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{exe.parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_visible_gpus_follow_cuda_visible_devices(tmp_path, monkeypatch):
+    from r1ft.gpu_info import query_gpus, visible_gpus
+
+    fake_nvidia_smi(tmp_path, monkeypatch)
+    assert len(query_gpus({})) == 4 and query_gpus({})[0] == (
+        "NVIDIA H100 80GB HBM3",
+        81559 * 1.048576 / 1000,
+    )
+    assert [g[0] for g in visible_gpus({"CUDA_VISIBLE_DEVICES": "2,0"})] == ["2", "0"]
+    assert [g[0] for g in visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-3"})] == ["GPU-3"]  # UUID prefixes
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert [g[0] for g in visible_gpus({"CUDA_VISIBLE_DEVICES": "1,7,2"})] == ["1"]  # CUDA stops at 7
+
+
+def test_one_process_on_a_machine_of_several_gpus_sees_one(tmp_path, monkeypatch):
+    """R1FT_NUM_PROCESSES=1 on a 4-GPU machine: Trainer would wrap DataParallel (which TRL refuses)."""
+    fake_nvidia_smi(tmp_path, monkeypatch)
+    env = {"CUDA_VISIBLE_DEVICES": "3,1"}
+    assert distributed.use_one_gpu(env) == "3" and env["CUDA_VISIBLE_DEVICES"] == "3"
+    assert distributed.use_one_gpu(env) is None  # one left: unchanged
+    env = {}
+    assert distributed.use_one_gpu(env) == "0" and env == {"CUDA_VISIBLE_DEVICES": "0"}
+
+
 def test_launch_command_runs_r1ft_under_torchrun():
     cmd = distributed.launch_command(2, ["run"], python="/usr/bin/python3")
     assert cmd == [
