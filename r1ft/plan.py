@@ -1,9 +1,11 @@
 """The plan printed before any download or GPU minute: disk item by item against the budget and the real
 free space, VRAM, training time and cost. Pure arithmetic over the settings and the model's config.
 
-VRAM and speed coefficients come from measurements of the full-size model (docs/performance.md, gpu.md):
-bf16 weights 2 bytes/param, NF4 about 0.56 bytes/param, activations per token in a micro-batch about
-3.75 MB without gradient checkpointing and 0.31 MB with it (Qwen2-1.5B, LoRA r=16, all linear layers).
+VRAM and speed coefficients come from `scripts/bench` on the full-size model (docs/performance.md; H100
+and H200, 2026-11-28): bf16 weights 2 bytes/param, NF4 about 0.52 bytes/param, activations per token of a
+micro-batch 3.1 MB with no layer checkpointed and 0.25 MB with every layer checkpointed (compiled path;
+Qwen2-1.5B, LoRA r=16, all linear layers). A training step costs a fixed overhead plus its tokens at a
+marginal rate (STEP_MODEL): that is what makes the recipe's 16 sequences scale poorly over several GPUs.
 """
 
 from __future__ import annotations
@@ -17,18 +19,25 @@ from r1ft.settings import Settings
 
 GB = 1e9
 MEAN_TOKENS_PER_EXAMPLE = 470  # the MathCodeInstruct-format sample's mean, R1 rendering
-ACT_MB_PER_TOKEN = {False: 3.75, True: 0.31}  # by gradient checkpointing
+ACT_MB_PER_TOKEN = {False: 3.1, True: 0.25}  # by gradient checkpointing (measured, compiled path)
 NF4_BYTES_PER_PARAM = 0.52  # 4 bits + an 8-bit absmax per 64 weights + its fp32 scale per 256 blocks
 # Activation MB per micro-batch token, by (every layer checkpointed, decoder layers compiled); the
 # adaptive checkpointing policy (r1ft.fastpath) interpolates between the two columns layer by layer.
-ACT_MB_PER_TOKEN_PATH = {(False, False): 4.8, (False, True): 4.0, (True, False): 0.35, (True, True): 0.35}
-# Measured tokens/s on one H100 (see the performance page); other GPUs scale by dense bf16 throughput.
-H100_TOKENS_PER_S = {
-    ("none", False): 20_000,
-    ("none", True): 12_300,
-    ("nf4", False): 11_000,
-    ("nf4", True): 8_300,
+# Compiled: measured (b: 3.12 MB/token over 30 steps of 6-8k tokens, peak 19-26 GiB on an H200; b_max16:
+# 0.25 MB/token, 9.3 GiB at 16 x 2048 on an H100). Eager: estimates, not yet benchmarked.
+ACT_MB_PER_TOKEN_PATH = {(False, False): 4.8, (False, True): 3.1, (True, False): 0.35, (True, True): 0.25}
+# Seconds per micro-batch = overhead + tokens / marginal tokens/s, on an H200, by (quant, compiled).
+# bf16 compiled fits the 2-GPU run (H200, 2026-11-28): 8 sequences a GPU 0.263 s, 16 a GPU 0.287 s.
+# nf4 compiled: b's 0.349 s at 7.3k tokens (H200, same day), same marginal rate assumed.
+# Eager: one job's log (bf16 + Liger, about 0.5 s a step on an H200) and a guess for nf4.
+STEP_MODEL = {
+    ("none", True): (0.24, 150_000),
+    ("nf4", True): (0.30, 150_000),
+    ("none", False): (0.45, 150_000),
+    ("nf4", False): (0.60, 150_000),
 }
+STEP_MODEL_GPU = "H200"  # the card the step model was measured on
+COMPILE_WARMUP_S = 120  # first step with torch.compile: 97-135 s measured
 GPU_REL_SPEED = {
     "H200": 1.1,
     "H100": 1.0,
@@ -72,6 +81,7 @@ class Plan:
     minimum_gb: float = 0.0  # the smallest peak the plan can adapt to (1 checkpoint kept, merge streamed)
     quant: str = "none"
     checkpointing: bool = False
+    compiled: bool = False
     vram_peak_gb: float = 0.0
     min_gpu_ram_gb: float = 0.0
     train_tokens: int = 0
@@ -127,6 +137,26 @@ def vram_peak_gb(shape: ModelShape, quant: str, checkpointing: bool, micro_batch
     scale = (shape.hidden * shape.layers) / (1536 * 28)  # activations grow with width x depth
     acts = micro_batch_tokens * ACT_MB_PER_TOKEN[checkpointing] * 1e6 * scale
     return (weights + lora_state + acts) / GB + 1.5  # CUDA context, allocator slack
+
+
+def plan_compiles(settings: Settings, gpu_mem_gb: float) -> bool:
+    """Whether training will compile (an unknown card is planned as an H100)."""
+    from r1ft.train import compile_by_default
+
+    if settings.torch_compile != "auto":
+        return settings.torch_compile == "true"
+    return compile_by_default("cuda", gpu_mem_gb or 80.0)
+
+
+def training_seconds(total_tokens: float, layout, quant: str, compiled: bool, gpu_name: str) -> float:
+    """Optimizer steps x micro-batches per step x (overhead + the micro-batch's tokens at the marginal rate),
+    scaled from the measured card by relative speed. Several GPUs share a step's sequences, so with the
+    recipe's 16 a step the overhead, not the tokens, dominates each GPU's time."""
+    overhead, marginal = STEP_MODEL[(quant, compiled)]
+    global_batch = layout.per_device * layout.accum * layout.processes
+    steps = total_tokens / (global_batch * MEAN_TOKENS_PER_EXAMPLE)
+    micro_s = overhead + layout.per_device * MEAN_TOKENS_PER_EXAMPLE / marginal
+    return steps * layout.accum * micro_s * gpu_speed(STEP_MODEL_GPU) / gpu_speed(gpu_name or "H100")
 
 
 def gpu_speed(gpu_name: str) -> float:
@@ -238,9 +268,9 @@ def make_plan(
         total_tokens = tokens * epochs
     else:
         total_tokens = settings.max_steps * settings.global_batch * MEAN_TOKENS_PER_EXAMPLE
-    rate = H100_TOKENS_PER_S[(quant, checkpointing)] * gpu_speed(gpu_name)
-    # Several GPUs: data-parallel at an assumed 85% scaling efficiency (not yet measured on this job).
-    hours = total_tokens / (rate * (1 if processes == 1 else 0.85 * processes)) / 3600
+    compiled = plan_compiles(settings, gpu_mem_gb)
+    seconds = training_seconds(total_tokens, layout, quant, compiled, gpu_name)
+    hours = (seconds + (COMPILE_WARMUP_S if compiled else 0)) / 3600
     return Plan(
         disk_items=items,
         disk_peak_gb=_round_up(total),
@@ -253,6 +283,7 @@ def make_plan(
         stream_merged=stream,
         quant=quant,
         checkpointing=checkpointing,
+        compiled=compiled,
         vram_peak_gb=round(vram, 1),
         min_gpu_ram_gb=round(vram_peak_gb(shape, "nf4", True, micro_tokens), 1),
         train_tokens=int(total_tokens),
@@ -288,7 +319,9 @@ def render_plan(plan: Plan, gpu_name: str = "") -> str:
         lines.append(f"    adapted: {a}")
     lines.append(
         f"  base weights: {'4-bit NF4' if plan.quant == 'nf4' else 'bf16'}; gradient checkpointing "
-        f"{'on' if plan.checkpointing else 'off'}; predicted peak VRAM {plan.vram_peak_gb:g} GB"
+        f"{'on' if plan.checkpointing else 'off'}; torch.compile "
+        f"{'on (about 2 min before the first step)' if plan.compiled else 'off'}; "
+        f"predicted peak VRAM {plan.vram_peak_gb:g} GB"
     )
     if plan.layout:
         lay = plan.layout
@@ -300,7 +333,7 @@ def render_plan(plan: Plan, gpu_name: str = "") -> str:
         )
     procs = plan.layout.get("processes", 1) if plan.layout else 1
     card = gpu_name or "H100"
-    where = f" on {procs} x {card} (85% scaling assumed)" if procs > 1 else f" on one {card}"
+    where = f" on {procs} x {card}" if procs > 1 else f" on one {card}"
     cost = f", about ${plan.cost_usd:.2f}" if plan.cost_usd else ""
     lines.append(
         f"  training: about {plan.train_tokens / 1e6:.1f}M tokens, {plan.train_hours:.2f} h{where}{cost}"

@@ -134,8 +134,9 @@ class Settings(BaseSettings):
         "auto", description="Liger fused kernels (auto: on GPU if installed)"
     )
     torch_compile: Literal["auto", "true", "false"] = Field(
-        "false",
-        description="regional torch.compile of the decoder layers (auto: on a GPU); off until benchmarked on GPU",
+        "auto",
+        description="regional torch.compile of the decoder layers (auto: on a GPU of 40 GB or more; "
+        "about 2 min of compilation first)",
     )
     seed: int = Field(42, description="seed for data order, split and initialisation")
     save_steps: int = Field(200, gt=0, description="save a checkpoint every N optimizer steps")

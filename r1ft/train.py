@@ -125,10 +125,20 @@ def checkpoint_mode(settings: Settings, hw: Hardware) -> str:
     return "adaptive" if hw.device == "cuda" else "off"
 
 
+# `auto` compiles on cards this large: there a typical 16-sequence batch keeps every activation (about 22 GB
+# at 3 MB a token), the compiled path the benchmark measured (H100 and H200, 2026-11-28). On smaller cards
+# most batches checkpoint layers, and the compiled checkpointed path has not been benchmarked yet.
+COMPILE_MIN_GPU_GB = 40.0
+
+
+def compile_by_default(device: str, gpu_mem_gb: float) -> bool:
+    return device == "cuda" and gpu_mem_gb >= COMPILE_MIN_GPU_GB
+
+
 def use_compile(settings: Settings, hw: Hardware) -> bool:
-    """Regional torch.compile of the decoder layers (`true`, or `auto` on a GPU)."""
+    """Regional torch.compile of the decoder layers (`true`, or `auto` on a GPU of 40 GB or more)."""
     value = str(settings.torch_compile).lower()
-    return hw.device == "cuda" if value == "auto" else value == "true"
+    return compile_by_default(hw.device, hw.gpu_mem_gb) if value == "auto" else value == "true"
 
 
 def attn_implementation(settings: Settings, hw: Hardware) -> str:

@@ -104,3 +104,24 @@ def test_filler_eating_the_budget_mid_run_prunes_and_stops_cleanly(tmp_path):
     published = tmp_path / "published"
     assert (published / "last-checkpoint" / "adapter_model.safetensors").is_file()
     assert (published / "report.json").is_file() and (published / "manifest.json").is_file()
+
+
+def test_training_time_follows_the_measured_step_model():
+    """The plan's step model against the 2-GPU benchmark (H200, bf16 compiled, 2026-11-28): 8 sequences a
+    GPU took 0.263 s a step, 16 a GPU 0.287 s; b (NF4) 0.349 s for 16 on one GPU."""
+    from r1ft.plan import MEAN_TOKENS_PER_EXAMPLE as MEAN
+    from r1ft.plan import training_seconds
+    from r1ft.train import Layout
+
+    def step_s(layout, quant="none"):
+        per_step = layout.per_device * layout.accum * layout.processes * MEAN
+        return training_seconds(per_step, layout, quant, True, "NVIDIA H200")
+
+    assert step_s(Layout(8, 1, 2)) == pytest.approx(0.263, rel=0.05)
+    assert step_s(Layout(16, 1, 2)) == pytest.approx(0.287, rel=0.05)
+    assert step_s(Layout(16, 1, 1), "nf4") == pytest.approx(0.349, rel=0.05)
+    one = training_seconds(30e6, Layout(16, 1, 1), "none", True, "NVIDIA H100 80GB HBM3")
+    two = training_seconds(30e6, Layout(8, 1, 2), "none", True, "NVIDIA H100 80GB HBM3")
+    assert 1.0 < one / two < 1.15  # the recipe's 16 sequences leave a second GPU mostly idle
+    eager = training_seconds(30e6, Layout(16, 1, 1), "none", False, "NVIDIA H100 80GB HBM3")
+    assert eager > one

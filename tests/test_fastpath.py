@@ -149,6 +149,13 @@ def test_fastpath_choices_by_hardware_and_settings():
     on = load_settings({"R1FT_TORCH_COMPILE": "true"}, env_file=None)
     assert use_compile(on, GPU) and not use_liger(on, GPU)  # Inductor fuses what Liger would
     assert not use_compile(s, CPU)
+    small = Hardware(
+        device="cuda", gpu_name="NVIDIA GeForce RTX 4090", gpu_mem_gb=25.3, gpu_count=1, bf16=True
+    )
+    assert use_compile(s, GPU) and not use_compile(s, small)  # auto: benchmarked on large cards only
+    assert use_compile(on, small) and not use_compile(
+        load_settings({"R1FT_TORCH_COMPILE": "false"}, env_file=None), GPU
+    )
 
 
 def test_sft_config_compiles_regionally_not_through_the_trainer(tmp_path):
