@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(PYFILES)
 	$(BIN)/ruff format --check $(PYFILES)
 	$(BIN)/hadolint --config docker/hadolint.yaml Dockerfile
-	bash -n entrypoint scripts/lock scripts/gpu-wheels scripts/gpu-run .ci/run
+	bash -n entrypoint scripts/lock scripts/gpu-wheels scripts/gpu-validate .ci/run
 
 test: lint
 	$(BIN)/python -m pytest -q
