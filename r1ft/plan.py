@@ -322,6 +322,11 @@ def render_plan(plan: Plan, gpu_name: str = "") -> str:
         f"{'on' if plan.checkpointing else 'off'}; torch.compile "
         f"{'on (about 2 min before the first step)' if plan.compiled else 'off'}; "
         f"predicted peak VRAM {plan.vram_peak_gb:g} GB"
+        + (
+            " at the longest batch with every layer checkpointed (a card with room keeps more activations)"
+            if plan.checkpointing
+            else ""
+        )
     )
     if plan.layout:
         lay = plan.layout
