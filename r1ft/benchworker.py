@@ -25,6 +25,9 @@ def main(argv: list[str]) -> int:
     result = run_variant(spec)
     if result is not None:
         Path(spec["result"]).write_text(json.dumps(result, indent=1, default=str))
+    from r1ft.distributed import shutdown
+
+    shutdown()
     return 0
 
 

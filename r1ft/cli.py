@@ -100,7 +100,10 @@ def cmd_run(settings: Settings, args) -> int:
         return code
     from r1ft.pipeline import run_job
 
-    return run_job(settings)
+    code = run_job(settings)
+    if distributed.launched(os.environ):
+        distributed.shutdown()
+    return code
 
 
 def cmd_plan(settings: Settings, args) -> int:

@@ -9,12 +9,15 @@ here wrap it so the rest of r1ft never reads the launcher's environment variable
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 
 from r1ft.settings import Settings
+
+log = logging.getLogger("r1ft")
 
 LAUNCH_VARS = ("LOCAL_RANK", "WORLD_SIZE")  # set by torchrun / accelerate launch for every worker
 BARRIER_TIMEOUT_S = 2 * 3600
@@ -122,6 +125,20 @@ def is_main() -> bool:
 def barrier() -> None:
     """Wait for every process (no-op in a single process)."""
     _state().wait_for_everyone()
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly (every rank, at the end of a launched run; local, no barrier: the
+    other ranks leave after training while rank 0 still publishes). Left to interpreter exit, its threads
+    can be torn down mid-flight ("terminate called without an active exception", SIGABRT, seen with gloo),
+    and torchrun then reports a finished run as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as e:  # leaving must never turn the run's result into a failure
+            log.warning("leaving the process group: %s", e)
 
 
 def device_map() -> dict[str, int]:
