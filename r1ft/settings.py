@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     )
     torch_compile: Literal["auto", "true", "false"] = Field(
         "auto",
-        description="regional torch.compile of the decoder layers (auto: on a GPU of 40 GB or more; "
+        description="regional torch.compile of the decoder layers (auto: on a GPU of 60 GB or more; "
         "about 2 min of compilation first)",
     )
     seed: int = Field(42, description="seed for data order, split and initialisation")

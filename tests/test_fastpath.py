@@ -152,7 +152,9 @@ def test_fastpath_choices_by_hardware_and_settings():
     small = Hardware(
         device="cuda", gpu_name="NVIDIA GeForce RTX 4090", gpu_mem_gb=25.3, gpu_count=1, bf16=True
     )
+    l40s = Hardware(device="cuda", gpu_name="NVIDIA L40S", gpu_mem_gb=48.3, gpu_count=1, bf16=True)
     assert use_compile(s, GPU) and not use_compile(s, small)  # auto: benchmarked on large cards only
+    assert not use_compile(s, l40s)
     assert use_compile(on, small) and not use_compile(
         load_settings({"R1FT_TORCH_COMPILE": "false"}, env_file=None), GPU
     )
