@@ -116,7 +116,7 @@ def prepare_data(job: Job, tokenizer):
 def train(job: Job, tokenizer, prepared, hw, plan, watchdog, stop):
     """LoRA training under the watchdog, the signal handler and the checkpoint pusher; resumes if it can."""
     from r1ft import distributed, resume
-    from r1ft.train import attn_implementation, batch_layout, run_training, use_liger
+    from r1ft.train import attn_implementation, batch_layout, run_training, use_compile, use_liger
     from r1ft.watchdog import trainer_callback
 
     s = job.settings
@@ -126,6 +126,7 @@ def train(job: Job, tokenizer, prepared, hw, plan, watchdog, stop):
         "checkpointing": plan.checkpointing,
         "attn": attn_implementation(s, hw),
         "liger": use_liger(s, hw),
+        "compiled": use_compile(s, hw),
     }
     job.report["training_choices"] = {**choices, "layout": vars(choices["layout"]), "device": hw.device}
     with distributed.main_process_first():  # rank 0 may fetch last-checkpoint/ for everyone

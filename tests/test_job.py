@@ -219,6 +219,26 @@ def test_two_processes_train_like_one_and_publish_once(tmp_path):
         assert losses[2][step] == pytest.approx(loss, rel=1e-3), step
 
 
+def test_compiled_job_trains_like_the_eager_one(tmp_path):
+    """R1FT_TORCH_COMPILE=true (the default on large GPUs) through the whole job, evaluation during
+    training included: the same losses as without it (CPU Inductor; LoRA dropout off, whose random
+    streams differ between eager and compiled code)."""
+    losses = {}
+    for compiled in ("false", "true"):
+        tmp = tmp_path / compiled
+        tmp.mkdir()
+        env = job_env(tmp, R1FT_TORCH_COMPILE=compiled, R1FT_LORA_DROPOUT="0", R1FT_MAX_STEPS="6",
+                      R1FT_EVAL_STEPS="3")  # fmt: skip
+        result = run_job(env, tmp, timeout=400)
+        assert result.rc == 0, result.output[-3000:]
+        report = json.loads((published_dir(tmp) / "report.json").read_text())
+        assert report["training_choices"]["compiled"] is (compiled == "true")
+        losses[compiled] = report["training"]["loss_by_step"]
+    assert losses["true"].keys() == losses["false"].keys()
+    for step, loss in losses["false"].items():
+        assert losses["true"][step] == pytest.approx(loss, rel=1e-4), step
+
+
 def test_bad_data_exits_2_before_training_with_a_message_and_no_traceback(tmp_path):
     bad = tmp_path / "scibench.json"
     bad.write_text('[{"problem_text": 3}]')
