@@ -79,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(settings: Settings, args) -> int:
     """The job; with several GPUs (or R1FT_NUM_PROCESSES > 1), relaunched as one process per GPU."""
     from r1ft import distributed
-    from r1ft.gpu_info import query_gpus
+    from r1ft.gpu_info import visible_gpus
 
-    processes = distributed.world_size(settings, len(query_gpus()))
+    gpus = visible_gpus()
+    processes = distributed.world_size(settings, len(gpus))
     if processes == 1 and not distributed.launched(os.environ):
-        distributed.use_one_gpu(
-            os.environ
-        )  # one process with several GPUs visible: Trainer would wrap DataParallel
-    if processes > 1 and not distributed.launched(os.environ):
+        # one process with several GPUs visible: Trainer would wrap DataParallel, which TRL refuses
+        distributed.use_one_gpu(os.environ, gpus)
+    elif processes > 1 and not distributed.launched(os.environ):
         log.info("training data-parallel: %d processes (torchrun), rank 0 owns the side effects", processes)
         code = distributed.run_launcher(
             distributed.launch_command(processes, ["--env-file", str(args.env_file), "run"])

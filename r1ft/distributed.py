@@ -33,13 +33,14 @@ def world_size(settings: Settings, visible_gpus: int) -> int:
     return max(1, visible_gpus)
 
 
-def use_one_gpu(environ: MutableMapping[str, str]) -> str | None:
+def use_one_gpu(environ: MutableMapping[str, str], gpus: Sequence[tuple] | None = None) -> str | None:
     """Narrow CUDA_VISIBLE_DEVICES to the first visible GPU (before CUDA starts) and return it; None
     when at most one is visible. A single training process that sees several GPUs makes transformers'
-    Trainer wrap the model in nn.DataParallel, which TRL's SFTTrainer refuses."""
+    Trainer wrap the model in nn.DataParallel, which TRL's SFTTrainer refuses. `gpus`: `visible_gpus()`
+    if already read."""
     from r1ft.gpu_info import visible_gpus
 
-    gpus = visible_gpus(environ)
+    gpus = visible_gpus(environ) if gpus is None else gpus
     if len(gpus) <= 1:
         return None
     environ["CUDA_VISIBLE_DEVICES"] = gpus[0][0]

@@ -19,13 +19,14 @@ from r1ft.settings import Settings
 
 GB = 1e9
 MEAN_TOKENS_PER_EXAMPLE = 470  # the MathCodeInstruct-format sample's mean, R1 rendering
-ACT_MB_PER_TOKEN = {False: 3.1, True: 0.25}  # by gradient checkpointing (measured, compiled path)
 NF4_BYTES_PER_PARAM = 0.52  # 4 bits + an 8-bit absmax per 64 weights + its fp32 scale per 256 blocks
 # Activation MB per micro-batch token, by (every layer checkpointed, decoder layers compiled); the
 # adaptive checkpointing policy (r1ft.fastpath) interpolates between the two columns layer by layer.
 # Compiled: measured (b: 3.12 MB/token over 30 steps of 6-8k tokens, peak 19-26 GiB on an H200; b_max16:
 # 0.25 MB/token, 9.3 GiB at 16 x 2048 on an H100). Eager: estimates, not yet benchmarked.
 ACT_MB_PER_TOKEN_PATH = {(False, False): 4.8, (False, True): 3.1, (True, False): 0.35, (True, True): 0.25}
+# The plan's VRAM figure, by gradient checkpointing: the measured (compiled) column.
+ACT_MB_PER_TOKEN = {ckpt: ACT_MB_PER_TOKEN_PATH[(ckpt, True)] for ckpt in (False, True)}
 # Seconds per micro-batch = overhead + tokens / marginal tokens/s, on an H200, by (quant, compiled).
 # bf16 compiled fits the 2-GPU run (H200, 2026-11-28): 8 sequences a GPU 0.263 s, 16 a GPU 0.287 s.
 # nf4 compiled: b's 0.349 s at 7.3k tokens (H200, same day), same marginal rate assumed.
@@ -139,15 +140,6 @@ def vram_peak_gb(shape: ModelShape, quant: str, checkpointing: bool, micro_batch
     return (weights + lora_state + acts) / GB + 1.5  # CUDA context, allocator slack
 
 
-def plan_compiles(settings: Settings, gpu_mem_gb: float) -> bool:
-    """Whether training will compile (an unknown card is planned as an H100)."""
-    from r1ft.train import compile_by_default
-
-    if settings.torch_compile != "auto":
-        return settings.torch_compile == "true"
-    return compile_by_default("cuda", gpu_mem_gb or 80.0)
-
-
 def training_seconds(total_tokens: float, layout, quant: str, compiled: bool, gpu_name: str) -> float:
     """Optimizer steps x micro-batches per step x (overhead + the micro-batch's tokens at the marginal rate),
     scaled from the measured card by relative speed. Several GPUs share a step's sequences, so with the
@@ -178,7 +170,7 @@ def make_plan(
     processes: int = 1,
 ) -> Plan:
     """The whole job's disk, VRAM, time and cost plan; adapts keep count and streaming to fit the budget."""
-    from r1ft.train import batch_layout
+    from r1ft.train import batch_layout, compiles
 
     layout = batch_layout(settings, processes)
     shape = model_shape(config, settings.lora_r)
@@ -268,7 +260,8 @@ def make_plan(
         total_tokens = tokens * epochs
     else:
         total_tokens = settings.max_steps * settings.global_batch * MEAN_TOKENS_PER_EXAMPLE
-    compiled = plan_compiles(settings, gpu_mem_gb)
+    # No card known: a laptop planning a rental (planned as an H100), or the smoke preset on this CPU.
+    compiled = compiles(settings, "cuda" if gpu_mem_gb or not settings.is_tiny else "cpu", gpu_mem_gb or 80.0)
     seconds = training_seconds(total_tokens, layout, quant, compiled, gpu_name)
     hours = (seconds + (COMPILE_WARMUP_S if compiled else 0)) / 3600
     return Plan(

@@ -132,14 +132,17 @@ def checkpoint_mode(settings: Settings, hw: Hardware) -> str:
 COMPILE_MIN_GPU_GB = 60.0
 
 
-def compile_by_default(device: str, gpu_mem_gb: float) -> bool:
+def compiles(settings: Settings, device: str, gpu_mem_gb: float) -> bool:
+    """Regional torch.compile of the decoder layers (`true`, or `auto` on a GPU of 60 GB or more); shared
+    by training and the plan, which may know the card only by its memory."""
+    value = str(settings.torch_compile).lower()
+    if value != "auto":
+        return value == "true"
     return device == "cuda" and gpu_mem_gb >= COMPILE_MIN_GPU_GB
 
 
 def use_compile(settings: Settings, hw: Hardware) -> bool:
-    """Regional torch.compile of the decoder layers (`true`, or `auto` on a GPU of 60 GB or more)."""
-    value = str(settings.torch_compile).lower()
-    return compile_by_default(hw.device, hw.gpu_mem_gb) if value == "auto" else value == "true"
+    return compiles(settings, hw.device, hw.gpu_mem_gb)
 
 
 def attn_implementation(settings: Settings, hw: Hardware) -> str:
@@ -269,7 +272,10 @@ def module_patches_undone(model):
     process, so every model built later in the job (merge, evaluation, the GGUF check on CPU) would run
     Triton kernels, which fail on CPU tensors. The trained model keeps its own patched modules."""
     module = sys.modules.get(type(model).__module__)
-    saved = dict(vars(module)) if module is not None else {}
+    if module is None:
+        yield
+        return
+    saved = dict(vars(module))
     try:
         yield
     finally:

@@ -125,3 +125,29 @@ def test_training_time_follows_the_measured_step_model():
     assert 1.0 < one / two < 1.15  # the recipe's 16 sequences leave a second GPU mostly idle
     eager = training_seconds(30e6, Layout(16, 1, 1), "none", False, "NVIDIA H100 80GB HBM3")
     assert eager > one
+
+
+def test_plan_says_whether_training_compiles():
+    """A laptop planning a rental is planned as on an H100 (compiled); the smoke preset on this CPU and a
+    24 GB card are not compiled, and neither pays the compilation minutes."""
+    from r1ft.plan import COMPILE_WARMUP_S, make_plan
+    from r1ft.settings import load_settings
+    from r1ft.tiny import base_config
+
+    full, smoke = load_settings({}, env_file=None), load_settings({"R1FT_PRESET": "smoke"}, env_file=None)
+    rental = make_plan(full, base_config(), free_gb=100)
+    assert rental.compiled
+    assert not make_plan(smoke, base_config(), free_gb=100).compiled
+    small = make_plan(full, base_config(), free_gb=100, gpu_name="NVIDIA GeForce RTX 4090", gpu_mem_gb=25.3)
+    assert not small.compiled
+    forced = make_plan(
+        load_settings({"R1FT_TORCH_COMPILE": "false"}, env_file=None), base_config(), free_gb=100
+    )
+    assert not forced.compiled and forced.train_hours > rental.train_hours  # eager steps cost more
+    smoke_compiled = make_plan(
+        load_settings({"R1FT_PRESET": "smoke", "R1FT_TORCH_COMPILE": "true"}, env_file=None),
+        base_config(),
+        100,
+    )
+    smoke_plain = make_plan(smoke, base_config(), free_gb=100)
+    assert smoke_compiled.train_hours * 3600 > smoke_plain.train_hours * 3600 + COMPILE_WARMUP_S - 40
