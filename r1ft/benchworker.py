@@ -75,6 +75,7 @@ def run_variant(spec: dict) -> dict[str, Any] | None:
 
     from r1ft import distributed
     from r1ft.train import detect_hardware, lora_config
+    from r1ft.trainer import LeanSFTTrainer
 
     settings = variant_settings(spec)
     hw = detect_hardware()
@@ -95,7 +96,8 @@ def run_variant(spec: dict) -> dict[str, Any] | None:
     timer = StepTimer(
         hw.device == "cuda", spec.get("profile_steps"), Path(spec["result"]).with_suffix(".prof.txt")
     )
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer if spec["recipe"] == "original" else LeanSFTTrainer  # (a) as written
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -250,7 +252,9 @@ class StepTimer(_step_timer_base()):
         self.peaks: list[int] = []
         self.losses: list[float] = []
         self.profile_text = ""
+        self.cprofile_text = ""
         self._prof = None
+        self._cprof = None
 
     def _sync(self) -> None:
         if self.cuda:
@@ -267,8 +271,35 @@ class StepTimer(_step_timer_base()):
         self.last = time.perf_counter()
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.profile_steps and state.global_step == self.profile_steps[0] and self._prof is None:
+        """Profile window [p0, p1): its first two steps under cProfile (the host's Python), the rest under
+        torch.profiler (kernels, host ops, syncs); the two never overlap, so neither skews the other."""
+        if not self.profile_steps:
+            return
+        p0, _ = self.profile_steps
+        if state.global_step == p0 and self._cprof is None:
+            import cProfile
+
+            self._cprof = cProfile.Profile()
+            self._cprof.enable()
+        elif state.global_step == p0 + 2 and self._prof is None:
+            self._stop_cprofile()
             self._prof = _start_profiler(self.cuda)
+
+    def _stop_cprofile(self) -> None:
+        if self._cprof is None:
+            return
+        import io
+        import pstats
+
+        self._cprof.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(self._cprof, stream=out)
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats(60)
+        self.cprofile_text = f"cProfile of 2 steps ({sum(self.step_s[-2:]):.3f} s wall)\n" + out.getvalue()
+        self._cprof = None
+        if self.profile_path is not None:
+            self.profile_path.with_suffix(".cprof.txt").write_text(self.cprofile_text)
 
     def on_step_end(self, args, state, control, **kwargs):
         self._sync()
@@ -281,7 +312,7 @@ class StepTimer(_step_timer_base()):
             self.peaks.append(torch.cuda.max_memory_allocated())
             torch.cuda.reset_peak_memory_stats()
         if self._prof is not None and state.global_step >= self.profile_steps[1]:
-            wall = sum(self.step_s[self.profile_steps[0] :])
+            wall = sum(self.step_s[self.profile_steps[0] + 2 :])
             self.profile_text = _stop_profiler(self._prof, self.cuda, self.profile_path, wall)
             self._prof = None
 
@@ -300,21 +331,49 @@ def _start_profiler(cuda: bool):
 
 
 def _stop_profiler(prof, cuda: bool, path: Path | None, wall_s: float) -> str:
-    """The top operators by GPU time, and how busy the GPU was over the profiled steps."""
+    """How busy the GPU was, the host syncs and kernel launches, the top operators by GPU time and by host
+    time; the Chrome trace is kept beside the table (gzipped) for a look at the gaps."""
     prof.stop()
     events = prof.key_averages()
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    try:
-        table = events.table(sort_by=key, row_limit=40, max_name_column_width=70)
-    except (AttributeError, KeyError, ValueError):
-        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-        table = events.table(sort_by=key, row_limit=40, max_name_column_width=70)
     busy_us = sum(getattr(e, key, 0.0) for e in events)
-    head = f"profiled wall {wall_s:.3f} s; summed {key} {busy_us / 1e6:.3f} s ({busy_us / 1e6 / wall_s:.0%} busy)"
-    text = head + "\n" + table
+    counts = {
+        e.key: e.count
+        for e in events
+        if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::item",
+                     "aten::_local_scalar_dense", "cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx",
+                     "cudaMemcpyAsync", "aten::nonzero")
+    }  # fmt: skip
+    head = [
+        f"profiled wall {wall_s:.3f} s; summed {key} {busy_us / 1e6:.3f} s ({busy_us / 1e6 / wall_s:.0%} busy)",
+        "calls over the profiled steps: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+    ]
+    tables = []
+    for sort in (key, "self_cpu_time_total"):
+        try:
+            tables.append(f"--- by {sort}\n" + events.table(sort_by=sort, row_limit=40, max_name_column_width=70))
+        except (AttributeError, KeyError, ValueError) as e:
+            tables.append(f"--- by {sort}: {e}")
+    text = "\n".join(head + tables)
     if path is not None:
         path.write_text(text)
+        _export_trace(prof, path.with_suffix(".trace.json.gz"))
     return text
+
+
+def _export_trace(prof, dest: Path) -> None:
+    import gzip
+    import shutil
+
+    raw = dest.with_suffix("")  # .trace.json
+    try:
+        prof.export_chrome_trace(str(raw))
+        with raw.open("rb") as src, gzip.open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)
+    except (OSError, RuntimeError) as e:
+        print(f"bench: could not export the profiler trace ({e})", flush=True)
+    finally:
+        raw.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -197,6 +197,8 @@ def sft_config(
         torch_compile=False,  # regional compilation of the decoder layers instead (load_base_model)
         logging_steps=settings.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # its isnan/isinf check is a host sync every micro-batch; a NaN shows as NaN
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient each step: no graph walk for unused ones
         eval_strategy="steps" if has_eval else "no",
         eval_steps=settings.eval_steps,
         save_strategy="steps",
@@ -305,7 +307,7 @@ def run_training(
     """
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
-    from trl import SFTTrainer
+    from r1ft.trainer import LeanSFTTrainer
 
     quant, layout = choices["quant"], choices["layout"]
     model = load_base_model(base, settings, hw, quant, choices["attn"])
@@ -319,7 +321,7 @@ def run_training(
         tb = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "logs")))
         callbacks = [tb, log_callback(), *callbacks]
     with module_patches_undone(model):  # Liger swaps classes in transformers' modeling module
-        trainer = SFTTrainer(
+        trainer = LeanSFTTrainer(
             model=model,
             args=args,
             train_dataset=train_ds,

@@ -46,6 +46,25 @@ def test_original_recipe_and_fast_path_train_the_same(tmp_path, capsys):
     assert "loss check" in out and "PASSED" in out
 
 
+
+def test_profile_of_a_variant_keeps_tables_and_trace(tmp_path, capsys):
+    """--profile: two steps under cProfile, two under torch.profiler, none of them timed; the tables, the
+    sync and launch counts and a loadable Chrome trace are written beside the result."""
+    import gzip
+
+    code, report, _ = run_bench(tmp_path, capsys, variants="b", steps=7, profile="b")
+    assert code == 0
+    vdir = tmp_path / "work" / "bench" / "b"
+    prof = (vdir / "result.prof.txt").read_text()
+    assert "busy" in prof and "--- by self_cpu_time_total" in prof and "aten::" in prof
+    assert "cProfile of 2 steps" in (vdir / "result.prof.cprof.txt").read_text()
+    assert "compute_loss" in (vdir / "result.prof.cprof.txt").read_text()
+    trace = json.loads(gzip.decompress((vdir / "result.prof.trace.json.gz").read_bytes()))
+    assert any(e.get("name", "").startswith("aten::") for e in trace["traceEvents"])
+    raw = report["raw"][0]
+    assert raw["profiled_steps"] == [3, 7]
+    assert report["rows"][0]["s_per_step"] > 0
+
 @pytest.mark.slow
 def test_two_processes_with_the_global_batch_train_like_one(tmp_path, capsys):
     """torchrun, gloo: 16 sequences over 2 processes give the single process's losses; 16 per process too."""

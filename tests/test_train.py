@@ -204,3 +204,40 @@ def test_module_patches_made_during_training_are_undone(tiny_base):
     assert not hasattr(modeling_qwen2, "ADDED_BY_PATCH")
     fresh = AutoModelForCausalLM.from_pretrained(tiny_base)
     assert type(fresh.model.norm) is original_norm
+
+
+def test_lean_trainer_logs_and_trains_as_trl_does(tiny_base, tiny_tokenizer, tmp_path):
+    """The trainer that keeps metrics on the device until a logging step gives TRL's losses, gradient
+    norms and logged entropy, token accuracy and token counts, in training and evaluation."""
+    from transformers import AutoModelForCausalLM
+    from trl import SFTTrainer
+
+    from r1ft.train import lora_config, sft_config
+    from r1ft.trainer import LeanSFTTrainer
+
+    env = {"R1FT_PRESET": "smoke", "R1FT_WORK_DIR": str(tmp_path), "R1FT_MAX_STEPS": "4", "R1FT_GLOBAL_BATCH": "4",
+           "R1FT_BATCH_SIZE": "2", "R1FT_LOGGING_STEPS": "2", "R1FT_LORA_DROPOUT": "0", "R1FT_EVAL_STEPS": "2"}  # fmt: skip
+    s = load_settings(env, env_file=None)
+    ds = dataset(tiny_tokenizer)
+
+    def history(trainer_class):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32, attn_implementation="sdpa")
+        args = sft_config(s, tmp_path / trainer_class.__name__, batch_layout(s, 1), CPU, "none", False)
+        args.save_strategy = "no"
+        trainer = trainer_class(
+            model=model, args=args, train_dataset=ds, eval_dataset=ds,
+            processing_class=tiny_tokenizer, peft_config=lora_config(s),
+        )  # fmt: skip
+        trainer.train()
+        trainer.evaluate()
+        return [{k: v for k, v in h.items() if "runtime" not in k and "per_second" not in k}
+                for h in trainer.state.log_history]  # fmt: skip
+
+    stock, lean = history(SFTTrainer), history(LeanSFTTrainer)
+    assert [sorted(h) for h in lean] == [sorted(h) for h in stock]
+    keys = {k for h in stock for k in h}
+    assert {"loss", "grad_norm", "entropy", "mean_token_accuracy", "num_tokens", "eval_loss", "eval_entropy"} <= keys
+    for h_lean, h_stock in zip(lean, stock, strict=True):
+        for key, value in h_stock.items():
+            assert h_lean[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key

@@ -1,0 +1,96 @@
+"""TRL's SFTTrainer with the per-step host work cut, for r1ft's own training (the job and the
+benchmark's b and c variants; the original recipe, (a), runs the stock SFTTrainer).
+
+At the recipe's 16 sequences a step the GPU work of a step is short, so what the host does between
+kernels shows in the step time. Per micro-batch, the stock trainer:
+- reads three metrics back from the GPU (entropy, token accuracy, token count: three `.item()` host
+  syncs) and, with several GPUs, all-gathers each of them across ranks first (four collectives);
+- walks every module to count the parameters again, for a FLOPs figure that never changes per token.
+
+Here the metrics stay on the GPU, one row per micro-batch, and are reduced across ranks and read back
+once per logging step, giving the same logged values (a CPU test compares them with the stock trainer);
+the parameter count is taken once. The loss and everything that trains are TRL's.
+"""
+
+from __future__ import annotations
+
+import torch
+from trl import SFTTrainer
+
+
+class LeanSFTTrainer(SFTTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pending: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
+        self._pending_tokens: list[torch.Tensor | int] = []
+        self._flops_per_token: int | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs or not self._plain_loss():
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        mode = "train" if self.model.training else "eval"
+        inputs["use_cache"] = False
+        outputs = model(**inputs, fused_lm_head=True)
+        # TRL's loss, as in SFTTrainer.compute_loss (nll, no auxiliary loss)
+        num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = -outputs.log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        with torch.no_grad():
+            self._pending[mode].append(
+                torch.stack(
+                    [
+                        outputs.label_mask.sum().float(),
+                        outputs.entropy.detach().sum().float(),
+                        outputs.is_top1.sum().float(),
+                    ]
+                )
+            )
+        if mode == "train":
+            if "attention_mask" in inputs:
+                self._pending_tokens.append(inputs["attention_mask"].sum())
+            elif "position_ids" in inputs:
+                self._pending_tokens.append(inputs["position_ids"].size(1))
+            else:
+                raise ValueError("Expected 'attention_mask' or 'position_ids' in inputs.")
+        return loss
+
+    def _plain_loss(self) -> bool:
+        """The configurations whose loss this class computes as TRL does; others go to TRL itself."""
+        return (
+            self.compute_loss_func is None
+            and self.label_smoother is None
+            and self.args.loss_type == "nll"
+            and not self.aux_loss_enabled
+            and getattr(self.args, "parallelism_config", None) is None
+        )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._flush_metrics("train" if self.model.training else "eval")
+        super().log(logs, start_time)
+
+    def _flush_metrics(self, mode: str) -> None:
+        """Reduce the pending rows across ranks, read them back once, and hand TRL its per-micro-batch
+        metrics (every rank calls `log` at the same points, so the collectives match)."""
+        rows = self._pending[mode]
+        if not rows:
+            return
+        sums = self.accelerator.reduce(torch.stack(rows), reduction="sum").tolist()
+        for valid, entropy, correct in sums:
+            self._metrics[mode]["entropy"].append(entropy / valid if valid > 0 else 0.0)
+            self._metrics[mode]["mean_token_accuracy"].append(correct / valid if valid > 0 else 0.0)
+        rows.clear()
+        if mode == "train" and self._pending_tokens:
+            device = self.accelerator.device
+            local = torch.stack([torch.as_tensor(t, device=device, dtype=torch.int64) for t in self._pending_tokens])
+            tokens = int(self.accelerator.reduce(local.sum(), reduction="sum").item())
+            self._total_train_tokens += tokens // self._tp_size
+            self._pending_tokens.clear()
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    def floating_point_ops(self, inputs) -> int:
+        """Trainer's estimate (6 x tokens x non-embedding parameters), the parameter count taken once."""
+        if self._flops_per_token is None:
+            self._flops_per_token = super().floating_point_ops({"input_ids": torch.zeros(1, 1)})
+        main = getattr(self.model, "main_input_name", "input_ids")
+        return self._flops_per_token * inputs[main].numel() if main in inputs else 0
