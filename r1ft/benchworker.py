@@ -351,7 +351,9 @@ def _stop_profiler(prof, cuda: bool, path: Path | None, wall_s: float) -> str:
     tables = []
     for sort in (key, "self_cpu_time_total"):
         try:
-            tables.append(f"--- by {sort}\n" + events.table(sort_by=sort, row_limit=40, max_name_column_width=70))
+            tables.append(
+                f"--- by {sort}\n" + events.table(sort_by=sort, row_limit=40, max_name_column_width=70)
+            )
         except (AttributeError, KeyError, ValueError) as e:
             tables.append(f"--- by {sort}: {e}")
     text = "\n".join(head + tables)

@@ -307,6 +307,7 @@ def run_training(
     """
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
+
     from r1ft.trainer import LeanSFTTrainer
 
     quant, layout = choices["quant"], choices["layout"]

@@ -82,7 +82,9 @@ class LeanSFTTrainer(SFTTrainer):
         rows.clear()
         if mode == "train" and self._pending_tokens:
             device = self.accelerator.device
-            local = torch.stack([torch.as_tensor(t, device=device, dtype=torch.int64) for t in self._pending_tokens])
+            local = torch.stack(
+                [torch.as_tensor(t, device=device, dtype=torch.int64) for t in self._pending_tokens]
+            )
             tokens = int(self.accelerator.reduce(local.sum(), reduction="sum").item())
             self._total_train_tokens += tokens // self._tp_size
             self._pending_tokens.clear()

@@ -46,7 +46,6 @@ def test_original_recipe_and_fast_path_train_the_same(tmp_path, capsys):
     assert "loss check" in out and "PASSED" in out
 
 
-
 def test_profile_of_a_variant_keeps_tables_and_trace(tmp_path, capsys):
     """--profile: two steps under cProfile, two under torch.profiler, none of them timed; the tables, the
     sync and launch counts and a loadable Chrome trace are written beside the result."""
@@ -64,6 +63,7 @@ def test_profile_of_a_variant_keeps_tables_and_trace(tmp_path, capsys):
     raw = report["raw"][0]
     assert raw["profiled_steps"] == [3, 7]
     assert report["rows"][0]["s_per_step"] > 0
+
 
 @pytest.mark.slow
 def test_two_processes_with_the_global_batch_train_like_one(tmp_path, capsys):

@@ -222,7 +222,9 @@ def test_lean_trainer_logs_and_trains_as_trl_does(tiny_base, tiny_tokenizer, tmp
 
     def history(trainer_class):
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(
+            tiny_base, dtype=torch.float32, attn_implementation="sdpa"
+        )
         args = sft_config(s, tmp_path / trainer_class.__name__, batch_layout(s, 1), CPU, "none", False)
         args.save_strategy = "no"
         trainer = trainer_class(
@@ -237,7 +239,15 @@ def test_lean_trainer_logs_and_trains_as_trl_does(tiny_base, tiny_tokenizer, tmp
     stock, lean = history(SFTTrainer), history(LeanSFTTrainer)
     assert [sorted(h) for h in lean] == [sorted(h) for h in stock]
     keys = {k for h in stock for k in h}
-    assert {"loss", "grad_norm", "entropy", "mean_token_accuracy", "num_tokens", "eval_loss", "eval_entropy"} <= keys
+    assert {
+        "loss",
+        "grad_norm",
+        "entropy",
+        "mean_token_accuracy",
+        "num_tokens",
+        "eval_loss",
+        "eval_entropy",
+    } <= keys
     for h_lean, h_stock in zip(lean, stock, strict=True):
         for key, value in h_stock.items():
             assert h_lean[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
