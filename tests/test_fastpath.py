@@ -126,6 +126,20 @@ def test_compiled_layers_keep_losses_and_gradients(tiny_base, monkeypatch):
     del loss_plain, grads_plain
 
 
+def test_every_layer_shares_one_compiled_graph(tiny_base):
+    """One compilation for all decoder layers and every sequence length (each one costs minutes on a GPU
+    host): the first layer's input requires grad like the others'."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = peft_tiny(tiny_base)
+    fastpath.compile_layers(model)
+    for lengths in ((37, 52, 29), (61, 17), (10, 20, 30, 40)):
+        loss_and_grads(model, packed_batch(model.config.vocab_size, lengths))
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def test_lora_inputs_keep_the_compute_dtype_under_autocast(tiny_base):
     model = peft_tiny(tiny_base)
     batch = packed_batch(model.config.vocab_size)
