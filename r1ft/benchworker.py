@@ -93,9 +93,8 @@ def run_variant(spec: dict) -> dict[str, Any] | None:
     step_tokens = tokens_per_step(
         rows, args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
     )
-    timer = StepTimer(
-        hw.device == "cuda", spec.get("profile_steps"), Path(spec["result"]).with_suffix(".prof.txt")
-    )
+    profile_steps = spec.get("profile_steps") if distributed.is_main() else None  # rank 0 writes the profile
+    timer = StepTimer(hw.device == "cuda", profile_steps, Path(spec["result"]).with_suffix(".prof.txt"))
     trainer_class = SFTTrainer if spec["recipe"] == "original" else LeanSFTTrainer  # (a) as written
     trainer = trainer_class(
         model=model,

@@ -73,6 +73,9 @@ def compile_layers(model) -> int:
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     # A compilation failure must cost speed, never the run: fall back to eager for that frame.
     torch._dynamo.config.suppress_errors = True
+    # Under DDP, Dynamo would split each layer's graph at gradient-bucket boundaries (for overlap that
+    # per-layer graphs already give): other graphs than on one GPU, compiled again and launched in pieces.
+    torch._dynamo.config.optimize_ddp = False
     # The first layer's input (the frozen embedding's output) would not require grad while every other
     # layer's does; Dynamo guards on that, so the layers would take two compilations (each 1.5-3 min on an
     # H100 host). An input that requires grad keeps one graph for all 28; it costs the first layer's input

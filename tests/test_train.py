@@ -251,3 +251,31 @@ def test_lean_trainer_logs_and_trains_as_trl_does(tiny_base, tiny_tokenizer, tmp
     for h_lean, h_stock in zip(lean, stock, strict=True):
         for key, value in h_stock.items():
             assert h_lean[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+def test_lean_trainer_trains_in_training_mode_after_each_evaluation(tiny_base, tiny_tokenizer, tmp_path):
+    """`train()` walks the modules only when one is out of training mode: after every evaluation (which
+    turns the whole model to eval), the next training forward runs with dropout on in every module."""
+    from transformers import AutoModelForCausalLM
+
+    from r1ft.train import lora_config, sft_config
+    from r1ft.trainer import LeanSFTTrainer
+
+    env = {"R1FT_PRESET": "smoke", "R1FT_WORK_DIR": str(tmp_path), "R1FT_MAX_STEPS": "5", "R1FT_GLOBAL_BATCH": "4",
+           "R1FT_LORA_DROPOUT": "0.5", "R1FT_EVAL_STEPS": "1"}  # fmt: skip
+    s = load_settings(env, env_file=None)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32, attn_implementation="sdpa")
+    args = sft_config(s, tmp_path / "run", batch_layout(s, 1), CPU, "none", False)
+    args.save_strategy = "no"
+    ds = dataset(tiny_tokenizer)
+    trainer = LeanSFTTrainer(model=model, args=args, train_dataset=ds, eval_dataset=ds,
+                             processing_class=tiny_tokenizer, peft_config=lora_config(s))  # fmt: skip
+    seen: list[tuple[bool, bool]] = []  # (grad enabled, every module in training mode)
+    modules = list(trainer.model.modules())
+    trainer.model.register_forward_pre_hook(
+        lambda *_: seen.append((torch.is_grad_enabled(), all(m.training for m in modules)))
+    )
+    trainer.train()
+    training, evaluating = [t for g, t in seen if g], [t for g, t in seen if not g]
+    assert len(training) == 5 and all(training)
+    assert len(evaluating) >= 5 and not any(evaluating)
