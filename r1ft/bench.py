@@ -129,7 +129,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="scaling run on this many GPUs, or several counts such as 2,4 (the 1-GPU baseline included)",
     )
     p.add_argument("--tiny", action="store_true", help="the tiny model on CPU (tests the benchmark itself)")
-    p.add_argument("--profile", default="", help="variant to profile (torch.profiler, 2 steps after warm-up)")
+    p.add_argument(
+        "--profile",
+        default="",
+        help="variant to profile: its last 4 steps, untimed, 2 under cProfile and 2 under torch.profiler",
+    )
     p.add_argument("--timeout", type=int, default=480, help="seconds allowed per variant")
     p.add_argument("--budget", type=int, default=0, help="seconds for all variants (the rest are skipped)")
     return p  # fmt: skip

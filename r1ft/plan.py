@@ -4,8 +4,9 @@ free space, VRAM, training time and cost. Pure arithmetic over the settings and 
 VRAM and speed coefficients come from `scripts/bench` on the full-size model (docs/performance.md; H100
 and H200, 2026-11-28): bf16 weights 2 bytes/param, NF4 about 0.52 bytes/param, activations per token of a
 micro-batch 3.1 MB with no layer checkpointed and 0.25 MB with every layer checkpointed (compiled path;
-Qwen2-1.5B, LoRA r=16, all linear layers). A training step costs a fixed overhead plus its tokens at a
-marginal rate (STEP_MODEL): that is what makes the recipe's 16 sequences scale poorly over several GPUs.
+Qwen2-1.5B, LoRA r=16, all linear layers). A training step takes the longer of the host's time to launch
+it and the GPU's time to run its tokens (STEP_MODEL): at the recipe's 16 sequences the host is the longer,
+which is also why splitting those 16 over several GPUs hardly shortens a step.
 """
 
 from __future__ import annotations
@@ -27,18 +28,24 @@ NF4_BYTES_PER_PARAM = 0.52  # 4 bits + an 8-bit absmax per 64 weights + its fp32
 ACT_MB_PER_TOKEN_PATH = {(False, False): 4.8, (False, True): 3.1, (True, False): 0.35, (True, True): 0.25}
 # The plan's VRAM figure, by gradient checkpointing: the measured (compiled) column.
 ACT_MB_PER_TOKEN = {ckpt: ACT_MB_PER_TOKEN_PATH[(ckpt, True)] for ckpt in (False, True)}
-# Seconds per micro-batch = overhead + tokens / marginal tokens/s, on an H200, by (quant, compiled).
-# bf16 compiled fits the 2-GPU run (H200, 2026-11-28): 8 sequences a GPU 0.263 s, 16 a GPU 0.287 s.
-# nf4 compiled: b's 0.349 s at 7.3k tokens (H200, same day), same marginal rate assumed.
-# Eager: one job's log (bf16 + Liger, about 0.5 s a step on an H200) and a guess for nf4.
+# Seconds per micro-batch = max(host seconds to launch it, its tokens / the GPU's tokens per second), on an
+# H200, by (quant, compiled). Measured 2026-11-28 (docs/performance.md): bf16 compiled 0.184 s a step for
+# about 7.2k tokens on one GPU (c, machine otherwise idle), of which the GPU ran kernels for 0.126 s (the
+# profile: 57k tokens/s); NF4 compiled 0.234 s and bf16 eager 0.312 s beside other runs on the same host,
+# where c took 0.230 s, so 0.19 and 0.25 alone. The GPU rates of NF4 and eager, and everything about eager
+# NF4, are estimates. Several processes add DDP's host work (gradient bucket copies, hooks): c with 16
+# sequences per GPU on two GPUs took 0.211 s against 0.184 s on one.
 STEP_MODEL = {
-    ("none", True): (0.24, 150_000),
-    ("nf4", True): (0.30, 150_000),
-    ("none", False): (0.45, 150_000),
-    ("nf4", False): (0.60, 150_000),
+    ("none", True): (0.184, 57_000),
+    ("nf4", True): (0.19, 45_000),
+    ("none", False): (0.25, 50_000),
+    ("nf4", False): (0.33, 40_000),
 }
+DDP_HOST_S = 0.027  # per micro-batch, with more than one process
 STEP_MODEL_GPU = "H200"  # the card the step model was measured on
-COMPILE_WARMUP_S = 120  # first step with torch.compile: 97-135 s measured
+# First step with torch.compile (one graph for the 28 layers): 59-73 s on 64-core H200 hosts, 111-150 s under
+# torchrun; a second graph took about 150 s on a 16-core H100 host.
+COMPILE_WARMUP_S = 120
 GPU_REL_SPEED = {
     "H200": 1.1,
     "H100": 1.0,
@@ -141,13 +148,14 @@ def vram_peak_gb(shape: ModelShape, quant: str, checkpointing: bool, micro_batch
 
 
 def training_seconds(total_tokens: float, layout, quant: str, compiled: bool, gpu_name: str) -> float:
-    """Optimizer steps x micro-batches per step x (overhead + the micro-batch's tokens at the marginal rate),
-    scaled from the measured card by relative speed. Several GPUs share a step's sequences, so with the
-    recipe's 16 a step the overhead, not the tokens, dominates each GPU's time."""
-    overhead, marginal = STEP_MODEL[(quant, compiled)]
+    """Optimizer steps x micro-batches per step x the longer of the host's launch time and the GPU's time for
+    the micro-batch's tokens, scaled from the measured card by relative speed. Several GPUs share a step's
+    sequences, so with the recipe's 16 a step the host, not the tokens, sets each GPU's time."""
+    host_s, gpu_rate = STEP_MODEL[(quant, compiled)]
     global_batch = layout.per_device * layout.accum * layout.processes
     steps = total_tokens / (global_batch * MEAN_TOKENS_PER_EXAMPLE)
-    micro_s = overhead + layout.per_device * MEAN_TOKENS_PER_EXAMPLE / marginal
+    host_s += DDP_HOST_S if layout.processes > 1 else 0.0
+    micro_s = max(host_s, layout.per_device * MEAN_TOKENS_PER_EXAMPLE / gpu_rate)
     return steps * layout.accum * micro_s * gpu_speed(STEP_MODEL_GPU) / gpu_speed(gpu_name or "H100")
 
 

@@ -127,8 +127,9 @@ def checkpoint_mode(settings: Settings, hw: Hardware) -> str:
 
 # `auto` compiles on cards this large (the H100/A100 80 GB, H200): a typical 16-sequence batch (about 22 GB
 # of activations at 3.1 MB a token) and nearly every long one keep all their activations, the compiled path
-# the benchmark measured (H100 and H200, 2026-11-28). On smaller cards many batches checkpoint layers, and
-# the compiled checkpointed path has not been benchmarked yet.
+# the benchmark measured (H100 and H200, 2026-11-28). The compiled path with checkpointed layers also ran
+# (b_16g: an H200 held to a 16 GB card's budget, 13.5x the original recipe), but the smaller cards are other
+# architectures (Ada, consumer Ampere), where Inductor's flex-attention kernels have not been run.
 COMPILE_MIN_GPU_GB = 60.0
 
 

@@ -107,8 +107,8 @@ def test_filler_eating_the_budget_mid_run_prunes_and_stops_cleanly(tmp_path):
 
 
 def test_training_time_follows_the_measured_step_model():
-    """The plan's step model against the 2-GPU benchmark (H200, bf16 compiled, 2026-11-28): 8 sequences a
-    GPU took 0.263 s a step, 16 a GPU 0.287 s; b (NF4) 0.349 s for 16 on one GPU."""
+    """The plan's step model against the benchmark (H200, bf16 compiled, 2026-11-28): 16 sequences took
+    0.184 s a step on one GPU and 0.211 s with 16 a GPU on two; a much larger step is GPU-bound."""
     from r1ft.plan import MEAN_TOKENS_PER_EXAMPLE as MEAN
     from r1ft.plan import training_seconds
     from r1ft.train import Layout
@@ -117,12 +117,14 @@ def test_training_time_follows_the_measured_step_model():
         per_step = layout.per_device * layout.accum * layout.processes * MEAN
         return training_seconds(per_step, layout, quant, True, "NVIDIA H200")
 
-    assert step_s(Layout(8, 1, 2)) == pytest.approx(0.263, rel=0.05)
-    assert step_s(Layout(16, 1, 2)) == pytest.approx(0.287, rel=0.05)
-    assert step_s(Layout(16, 1, 1), "nf4") == pytest.approx(0.349, rel=0.05)
+    assert step_s(Layout(16, 1, 1)) == pytest.approx(0.184, rel=0.05)
+    assert step_s(Layout(16, 1, 2)) == pytest.approx(0.211, rel=0.05)
+    assert step_s(Layout(64, 1, 1)) == pytest.approx(
+        64 * MEAN / 57_000, rel=0.01
+    )  # a big step: the GPU's time
     one = training_seconds(30e6, Layout(16, 1, 1), "none", True, "NVIDIA H100 80GB HBM3")
     two = training_seconds(30e6, Layout(8, 1, 2), "none", True, "NVIDIA H100 80GB HBM3")
-    assert 1.0 < one / two < 1.15  # the recipe's 16 sequences leave a second GPU mostly idle
+    assert two >= one  # the recipe's 16 sequences over two GPUs: no faster than one
     eager = training_seconds(30e6, Layout(16, 1, 1), "none", False, "NVIDIA H100 80GB HBM3")
     assert eager > one
 
