@@ -251,7 +251,6 @@ class StepTimer(_step_timer_base()):
         self.peaks: list[int] = []
         self.losses: list[float] = []
         self.profile_text = ""
-        self.cprofile_text = ""
         self._prof = None
         self._cprof = None
 
@@ -295,10 +294,10 @@ class StepTimer(_step_timer_base()):
         stats = pstats.Stats(self._cprof, stream=out)
         stats.sort_stats("tottime").print_stats(30)
         stats.sort_stats("cumulative").print_stats(60)
-        self.cprofile_text = f"cProfile of 2 steps ({sum(self.step_s[-2:]):.3f} s wall)\n" + out.getvalue()
         self._cprof = None
         if self.profile_path is not None:
-            self.profile_path.with_suffix(".cprof.txt").write_text(self.cprofile_text)
+            text = f"cProfile of 2 steps ({sum(self.step_s[-2:]):.3f} s wall)\n" + out.getvalue()
+            self.profile_path.with_suffix(".cprof.txt").write_text(text)
 
     def on_step_end(self, args, state, control, **kwargs):
         self._sync()

@@ -106,11 +106,10 @@ class LeanSFTTrainer(SFTTrainer):
             self._metrics[mode]["mean_token_accuracy"].append(correct / valid if valid > 0 else 0.0)
         rows.clear()
         if mode == "train" and self._pending_tokens:
-            device = self.accelerator.device
-            local = torch.stack(
-                [torch.as_tensor(t, device=device, dtype=torch.int64) for t in self._pending_tokens]
+            local = torch.as_tensor(
+                sum(self._pending_tokens), device=self.accelerator.device, dtype=torch.int64
             )
-            tokens = int(self.accelerator.reduce(local.sum(), reduction="sum").item())
+            tokens = int(self.accelerator.reduce(local, reduction="sum").item())
             self._total_train_tokens += tokens // self._tp_size
             self._pending_tokens.clear()
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
