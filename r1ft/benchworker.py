@@ -25,9 +25,12 @@ def main(argv: list[str]) -> int:
     result = run_variant(spec)
     if result is not None:
         Path(spec["result"]).write_text(json.dumps(result, indent=1, default=str))
-    from r1ft.distributed import shutdown
+    import os
 
-    shutdown()
+    from r1ft import distributed
+
+    if distributed.launched(os.environ):
+        distributed.exit_launched(0)
     return 0
 
 

@@ -102,7 +102,7 @@ def cmd_run(settings: Settings, args) -> int:
 
     code = run_job(settings)
     if distributed.launched(os.environ):
-        distributed.shutdown()
+        distributed.exit_launched(code)
     return code
 
 

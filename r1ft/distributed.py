@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from typing import NoReturn
 
 from r1ft.settings import Settings
 
@@ -128,11 +130,14 @@ def barrier() -> None:
     _state().wait_for_everyone()
 
 
-def shutdown() -> None:
-    """Leave the process group cleanly (every rank, at the end of a launched run; local, no barrier: the
-    other ranks leave after training while rank 0 still publishes). Left to interpreter exit, its threads
-    can be torn down mid-flight ("terminate called without an active exception", SIGABRT, seen with gloo),
-    and torchrun then reports a finished run as failed."""
+def exit_launched(code: int) -> NoReturn:
+    """End a process that torchrun launched: leave the process group, flush the output, and exit without
+    the interpreter's teardown. That teardown destroys gloo's and c10d's threads mid-flight on some runs
+    ("terminate called without an active exception", SIGABRT), and torchrun then reports a finished run
+    as failed and ends the other ranks, rank 0 perhaps still publishing. Everything the run writes is
+    closed before this point."""
+    import logging as _logging
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -140,6 +145,10 @@ def shutdown() -> None:
             dist.destroy_process_group()
         except Exception as e:  # leaving must never turn the run's result into a failure
             log.warning("leaving the process group: %s", e)
+    _logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def device_map() -> dict[str, int]:
