@@ -67,6 +67,7 @@ def single_gpu_variants() -> list[Variant]:
         Variant("b", "r1ft 4-bit: NF4, 16 padding-free, flex, compiled, adaptive ckpt", env=nf4),
         Variant("c", "r1ft bf16: 16 padding-free, flex, compiled, adaptive ckpt", env=bf16),
         Variant("c_eager", "c without torch.compile (Liger kernels instead)", env={**bf16, "R1FT_TORCH_COMPILE": "false"}),
+        Variant("c_cpp", "c with Inductor's C++ wrapper (kernels launched from C++)", env={**bf16, "TORCHINDUCTOR_CPP_WRAPPER": "1"}),
         Variant("c_ckpt", "c with every layer checkpointed", env={**bf16, "R1FT_GRADIENT_CHECKPOINTING": "true"}),
         Variant("b_16g", "b as on a 16 GB card (12 GB budget)", env=nf4, card_gb=16.0),
         Variant("b_max16", "b as on a 16 GB card, 16 x 2048 tokens", env=nf4, card_gb=16.0, **worst),
@@ -255,7 +256,10 @@ def run_one(v: Variant, work: Path, base: Path, settings: Settings, opts: dict) 
     (vdir / "spec.json").write_text(json.dumps(spec, indent=1))
     t0 = time.perf_counter()
     code = run_logged(
-        worker_command(v.gpus, vdir / "spec.json"), vdir / "log.txt", opts["timeout"], worker_env(v.gpus)
+        worker_command(v.gpus, vdir / "spec.json"),
+        vdir / "log.txt",
+        opts["timeout"],
+        worker_env(v.gpus, v.env),
     )
     if code != 0 or not result_path.is_file():
         tail = log_tail((vdir / "log.txt").read_text(errors="replace"))
@@ -277,12 +281,14 @@ def log_tail(text: str, lines: int = 15) -> list[str]:
     return [ln for ln in keep if ln.strip()][-lines:]
 
 
-def worker_env(gpus: int) -> dict[str, str]:
+def worker_env(gpus: int, variant_env: dict[str, str] | None = None) -> dict[str, str]:
     """A single-process variant sees one GPU (with several, Trainer would wrap DataParallel, which TRL
-    refuses); torchrun gives each of its workers its own."""
+    refuses); torchrun gives each of its workers its own. A variant's library switches (its variables
+    other than R1FT_ settings, such as TORCHINDUCTOR_CPP_WRAPPER) go into the worker's environment."""
     import os
 
     env = dict(os.environ)
+    env.update({k: v for k, v in (variant_env or {}).items() if not k.startswith("R1FT_")})
     if gpus <= 1:
         from r1ft.distributed import use_one_gpu
 

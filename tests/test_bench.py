@@ -170,3 +170,11 @@ def test_length_table_is_derived_from_the_shared_sample(shared_data):
     derived = benchdata.derive_lengths(sample)
     kept = benchdata.load_lengths()
     assert derived["prompt"] == kept["prompt"] and derived["completion"] == kept["completion"]
+
+
+def test_a_variants_library_switches_reach_its_worker_and_settings_do_not(monkeypatch):
+    monkeypatch.delenv("R1FT_QUANT", raising=False)
+    cpp = next(v for v in bench.single_gpu_variants() if v.name == "c_cpp")
+    env = bench.worker_env(1, cpp.env)
+    assert env["TORCHINDUCTOR_CPP_WRAPPER"] == "1"
+    assert "R1FT_QUANT" not in env  # settings go through the spec, not the environment

@@ -114,3 +114,53 @@ def test_the_agreed_stop_saves_and_stops():
     flag.request("disk")
     control = callback.on_step_end(None, None, TrainerControl())
     assert control.should_save and control.should_training_stop
+
+
+def _ddp_and_flat_gradients(rank: int, path: str, out: dict) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from r1ft.trainer import all_reduce_mean
+
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+        ddp = DistributedDataParallel(model)
+        x = torch.randn(5, 4, generator=torch.Generator().manual_seed(rank + 1))  # each rank its own batch
+        ddp(x).square().sum().backward()
+        reference = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        with ddp.no_sync():
+            ddp(x).square().sum().backward()
+        local = [p.grad.clone() for p in model.parameters()]
+        params = list(model.parameters())
+        if rank == 0:
+            params[-1].grad = None  # a gradient missing on one rank counts as zeros there
+        all_reduce_mean(params)
+        out[rank] = {
+            "same_as_ddp": all(
+                torch.allclose(p.grad, r) for p, r in zip(params[:-1], reference[:-1], strict=True)
+            ),
+            "not_synced_before": not all(torch.allclose(g, r) for g, r in zip(local, reference, strict=True)),
+            "last": params[-1].grad.tolist(),
+            "local_last": local[-1].tolist(),
+        }
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_flat_all_reduce_averages_gradients_as_ddp_does(tmp_path: Path):
+    """The lean trainer's gradient sync (under DDP's no_sync, one flat all-reduce) gives DDP's gradients on
+    every rank; a rank without a gradient for a parameter takes part with zeros."""
+    import pytest
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_ddp_and_flat_gradients, args=(str(tmp_path / "pg"), out), nprocs=2, join=True)
+        out = dict(out)
+    for rank in (0, 1):
+        assert out[rank]["same_as_ddp"] and out[rank]["not_synced_before"]
+    half_of_rank1 = [v / 2 for v in out[1]["local_last"]]
+    assert out[0]["last"] == out[1]["last"] == pytest.approx(half_of_rank1)

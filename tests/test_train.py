@@ -279,3 +279,38 @@ def test_lean_trainer_trains_in_training_mode_after_each_evaluation(tiny_base, t
     training, evaluating = [t for g, t in seen if g], [t for g, t in seen if not g]
     assert len(training) == 5 and all(training)
     assert len(evaluating) >= 5 and not any(evaluating)
+
+
+def test_lean_trainer_freezes_the_warm_up_objects_out_of_garbage_collection(
+    tiny_base, tiny_tokenizer, tmp_path
+):
+    """After the first steps (compilation's objects) the live objects are frozen out of later full
+    collections; not before."""
+    import gc
+
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from r1ft.train import lora_config, sft_config
+    from r1ft.trainer import FREEZE_AFTER_STEPS, LeanSFTTrainer
+
+    env = {"R1FT_PRESET": "smoke", "R1FT_WORK_DIR": str(tmp_path), "R1FT_MAX_STEPS": str(FREEZE_AFTER_STEPS + 1),
+           "R1FT_GLOBAL_BATCH": "2"}  # fmt: skip
+    s = load_settings(env, env_file=None)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32, attn_implementation="sdpa")
+    args = sft_config(s, tmp_path / "run", batch_layout(s, 1), CPU, "none", False, has_eval=False)
+    args.save_strategy = "no"
+    frozen_at_step_end: list[int] = []
+
+    class Watch(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            frozen_at_step_end.append(gc.get_freeze_count())
+
+    gc.unfreeze()
+    try:
+        trainer = LeanSFTTrainer(model=model, args=args, train_dataset=dataset(tiny_tokenizer),
+                                 processing_class=tiny_tokenizer, peft_config=lora_config(s), callbacks=[Watch()])  # fmt: skip
+        trainer.train()
+    finally:
+        gc.unfreeze()
+    assert frozen_at_step_end[:FREEZE_AFTER_STEPS] == [0] * FREEZE_AFTER_STEPS
+    assert frozen_at_step_end[FREEZE_AFTER_STEPS] > 10_000
