@@ -29,22 +29,23 @@ ACT_MB_PER_TOKEN_PATH = {(False, False): 4.8, (False, True): 3.1, (True, False):
 # The plan's VRAM figure, by gradient checkpointing: the measured (compiled) column.
 ACT_MB_PER_TOKEN = {ckpt: ACT_MB_PER_TOKEN_PATH[(ckpt, True)] for ckpt in (False, True)}
 # Seconds per micro-batch = max(host seconds to launch it, its tokens / the GPU's tokens per second), on an
-# H200, by (quant, compiled). Measured 2026-11-28 (docs/performance.md): bf16 compiled 0.184 s a step for
-# about 7.2k tokens on one GPU (c, machine otherwise idle), of which the GPU ran kernels for 0.126 s (the
-# profile: 57k tokens/s); NF4 compiled 0.234 s and bf16 eager 0.312 s beside other runs on the same host,
-# where c took 0.230 s, so 0.19 and 0.25 alone. The GPU rates of NF4 and eager, and everything about eager
-# NF4, are estimates. Several processes add DDP's host work (gradient bucket copies, hooks): c with 16
-# sequences per GPU on two GPUs took 0.211 s against 0.184 s on one.
+# H200, by (quant, compiled). Measured (docs/performance.md): bf16 compiled 0.184 and 0.191 s a step for
+# about 7.2k tokens on one GPU (c, machine otherwise idle, 2026-11-28, two runs), of which the GPU ran
+# kernels for 0.126 s (the profile: 57k tokens/s); the same c took 0.197 s on an H100 (16-core host). NF4
+# compiled 0.234 s and bf16 eager 0.312 s beside other runs on the same host, where c took 0.230 s, so 0.19
+# and 0.25 alone. The GPU rates of NF4 and eager, and everything about eager NF4, are estimates.
 STEP_MODEL = {
-    ("none", True): (0.184, 57_000),
+    ("none", True): (0.187, 57_000),
     ("nf4", True): (0.19, 45_000),
     ("none", False): (0.25, 50_000),
     ("nf4", False): (0.33, 40_000),
 }
-DDP_HOST_S = 0.027  # per micro-batch, with more than one process
+# Several processes: a step waits for the slowest rank. c with 16 sequences per GPU (one flat all-reduce of
+# the adapter gradients a step) took 0.189 s on two H200s and 0.217 s on four, against 0.191 s on one.
+DDP_HOST_S_PER_EXTRA_PROCESS = 0.008
 STEP_MODEL_GPU = "H200"  # the card the step model was measured on
-# First step with torch.compile (one graph for the 28 layers): 59-73 s on 64-core H200 hosts, 111-150 s under
-# torchrun; a second graph took about 150 s on a 16-core H100 host.
+# First step with torch.compile (one graph for the 28 layers): 64-71 s on 64-core H200 hosts, 164 s under
+# torchrun with 4 processes, 176 s on a 16-core H100 host (no compile cache in any of them).
 COMPILE_WARMUP_S = 120
 GPU_REL_SPEED = {
     "H200": 1.1,
@@ -98,6 +99,7 @@ class Plan:
     problems: list[str] = field(default_factory=list)
     layout: dict = field(default_factory=dict)  # per_device x accum x processes
     learning_rate: float = 0.0
+    one_gpu_hours: float = 0.0  # with several processes: the same training on one of the GPUs
 
     @property
     def recommended_disk_gb(self) -> int:
@@ -154,7 +156,7 @@ def training_seconds(total_tokens: float, layout, quant: str, compiled: bool, gp
     host_s, gpu_rate = STEP_MODEL[(quant, compiled)]
     global_batch = layout.per_device * layout.accum * layout.processes
     steps = total_tokens / (global_batch * MEAN_TOKENS_PER_EXAMPLE)
-    host_s += DDP_HOST_S if layout.processes > 1 else 0.0
+    host_s += DDP_HOST_S_PER_EXTRA_PROCESS * (layout.processes - 1)
     micro_s = max(host_s, layout.per_device * MEAN_TOKENS_PER_EXAMPLE / gpu_rate)
     return steps * layout.accum * micro_s * gpu_speed(STEP_MODEL_GPU) / gpu_speed(gpu_name or "H100")
 
@@ -270,8 +272,14 @@ def make_plan(
         total_tokens = settings.max_steps * settings.global_batch * MEAN_TOKENS_PER_EXAMPLE
     # No card known: a laptop planning a rental (planned as an H100), or the smoke preset on this CPU.
     compiled = compiles(settings, "cuda" if gpu_mem_gb or not settings.is_tiny else "cpu", gpu_mem_gb or 80.0)
+    warmup = COMPILE_WARMUP_S if compiled else 0
     seconds = training_seconds(total_tokens, layout, quant, compiled, gpu_name)
-    hours = (seconds + (COMPILE_WARMUP_S if compiled else 0)) / 3600
+    hours = (seconds + warmup) / 3600
+    one_gpu = 0.0
+    if layout.processes > 1 and not settings.is_tiny:  # the real model (the tiny one's step is all host)
+        one_gpu = (
+            training_seconds(total_tokens, batch_layout(settings, 1), quant, compiled, gpu_name) + warmup
+        ) / 3600
     return Plan(
         disk_items=items,
         disk_peak_gb=_round_up(total),
@@ -293,6 +301,7 @@ def make_plan(
         problems=problems,
         layout={"per_device": layout.per_device, "accum": layout.accum, "processes": layout.processes},
         learning_rate=settings.learning_rate,
+        one_gpu_hours=round(one_gpu, 2),
     )
 
 
@@ -344,6 +353,14 @@ def render_plan(plan: Plan, gpu_name: str = "") -> str:
     lines.append(
         f"  training: about {plan.train_tokens / 1e6:.1f}M tokens, {plan.train_hours:.2f} h{where}{cost}"
     )
+    if procs > 1 and plan.one_gpu_hours and plan.one_gpu_hours < 1.25 * plan.train_hours:
+        total = plan.layout["per_device"] * plan.layout["accum"] * procs
+        lines.append(
+            f"  note: {plan.one_gpu_hours:.2f} h on one of these GPUs: at {total} sequences a step each GPU's "
+            f"share is too small to shorten a step (the host, not the GPU, sets its pace), so the other "
+            f"{procs - 1} add cost, not speed. R1FT_GLOBAL_BATCH={16 * procs} gives each GPU 16 sequences "
+            "(fewer, larger steps: set R1FT_LEARNING_RATE for them), or rent one GPU"
+        )
     for p in plan.problems:
         lines.append(f"  PROBLEM: {p}")
     return "\n".join(lines)
