@@ -36,7 +36,8 @@ import torch
 from accelerate.utils import DistributedType
 from trl import SFTTrainer
 
-FREEZE_AFTER_STEPS = 3  # compilation, and the block-mask function's one recompilation, are done by then
+# steps of this process: compilation, and the block-mask function's one recompilation, are done by then
+FREEZE_AFTER_STEPS = 3
 
 
 class LeanSFTTrainer(SFTTrainer):
@@ -47,12 +48,15 @@ class LeanSFTTrainer(SFTTrainer):
         self._flops_per_token: int | None = None
         self._trainable: list[torch.nn.Parameter] | None = None
         self._frozen: set[str] = set()
+        self._start_step: int | None = None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if getattr(model, "_r1ft_lean", None) != id(self):
             _lighten(model, self._trainable_parameters())
             model._r1ft_lean = id(self)
-        if self.state.global_step >= FREEZE_AFTER_STEPS:
+        if self._start_step is None:  # this process's first step (a resumed run starts past 0)
+            self._start_step = self.state.global_step
+        if self.state.global_step - self._start_step >= FREEZE_AFTER_STEPS:
             self._freeze_garbage("training")
         if not self._flat_gradient_sync(model):
             return super().training_step(model, inputs, num_items_in_batch)

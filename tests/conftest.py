@@ -10,6 +10,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _garbage_collection_unfrozen():
+    """The lean trainer freezes live objects out of garbage collection after its first steps: undone after
+    each test, so one test's objects do not outlive it uncollected."""
+    import gc
+
+    yield
+    gc.unfreeze()
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A directory holding the tiny random-weight Qwen2 and its tokenizer (real template and tokens)."""

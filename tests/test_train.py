@@ -284,8 +284,8 @@ def test_lean_trainer_trains_in_training_mode_after_each_evaluation(tiny_base, t
 def test_lean_trainer_freezes_the_warm_up_objects_out_of_garbage_collection(
     tiny_base, tiny_tokenizer, tmp_path
 ):
-    """After the first steps (compilation's objects) the live objects are frozen out of later full
-    collections; not before."""
+    """After this process's first steps (compilation's objects) the live objects are frozen out of later
+    full collections; not before, and a resumed run counts its steps from where it resumed."""
     import gc
 
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -293,24 +293,36 @@ def test_lean_trainer_freezes_the_warm_up_objects_out_of_garbage_collection(
     from r1ft.train import lora_config, sft_config
     from r1ft.trainer import FREEZE_AFTER_STEPS, LeanSFTTrainer
 
-    env = {"R1FT_PRESET": "smoke", "R1FT_WORK_DIR": str(tmp_path), "R1FT_MAX_STEPS": str(FREEZE_AFTER_STEPS + 1),
-           "R1FT_GLOBAL_BATCH": "2"}  # fmt: skip
-    s = load_settings(env, env_file=None)
-    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32, attn_implementation="sdpa")
-    args = sft_config(s, tmp_path / "run", batch_layout(s, 1), CPU, "none", False, has_eval=False)
-    args.save_strategy = "no"
-    frozen_at_step_end: list[int] = []
+    frozen_at_step_end: dict[int, int] = {}
 
     class Watch(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            frozen_at_step_end.append(gc.get_freeze_count())
+            frozen_at_step_end[state.global_step] = gc.get_freeze_count()
 
-    gc.unfreeze()
-    try:
-        trainer = LeanSFTTrainer(model=model, args=args, train_dataset=dataset(tiny_tokenizer),
-                                 processing_class=tiny_tokenizer, peft_config=lora_config(s), callbacks=[Watch()])  # fmt: skip
-        trainer.train()
-    finally:
+    def train(max_steps: int, resume: bool = False) -> None:
+        env = {"R1FT_PRESET": "smoke", "R1FT_WORK_DIR": str(tmp_path), "R1FT_MAX_STEPS": str(max_steps),
+               "R1FT_GLOBAL_BATCH": "2", "R1FT_SAVE_STEPS": "2"}  # fmt: skip
+        s = load_settings(env, env_file=None)
+        model = AutoModelForCausalLM.from_pretrained(
+            tiny_base, dtype=torch.float32, attn_implementation="sdpa"
+        )
+        args = sft_config(s, tmp_path / "run", batch_layout(s, 1), CPU, "none", False, has_eval=False)
         gc.unfreeze()
-    assert frozen_at_step_end[:FREEZE_AFTER_STEPS] == [0] * FREEZE_AFTER_STEPS
-    assert frozen_at_step_end[FREEZE_AFTER_STEPS] > 10_000
+        frozen_at_step_end.clear()
+        try:
+            trainer = LeanSFTTrainer(model=model, args=args, train_dataset=dataset(tiny_tokenizer),
+                                     processing_class=tiny_tokenizer, peft_config=lora_config(s),
+                                     callbacks=[Watch()])  # fmt: skip
+            trainer.train(resume_from_checkpoint=resume or None)
+        finally:
+            gc.unfreeze()
+
+    n = FREEZE_AFTER_STEPS
+    train(n + 1)
+    assert [frozen_at_step_end[i] for i in range(1, n + 1)] == [0] * n
+    assert frozen_at_step_end[n + 1] > 10_000
+    train(2 * (n + 1), resume=True)  # from the last checkpoint (step n + 1): this process's own count
+    first = min(frozen_at_step_end)
+    assert first == n + 2
+    assert [frozen_at_step_end[first + i] for i in range(n)] == [0] * n
+    assert frozen_at_step_end[first + n] > 10_000
