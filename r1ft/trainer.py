@@ -22,10 +22,10 @@ one flat all-reduce of the 74 MB of adapter gradients takes well under a millise
 model stays wrapped in DDP (its parameter broadcast at the start, and the launcher, are unchanged); its
 backward runs under `no_sync`. The average is DDP's (sum over ranks / ranks), so training is the same.
 
-Compiling creates millions of long-lived Python objects; the first full garbage collection after it
-stalled a step for 0.5-1 s in the benchmark. After the first steps (and after the first evaluation,
-which compiles its own graphs) they are collected once and frozen out of later collections
-(`gc.freeze`, as vLLM does after its warm-up).
+Compiling leaves many long-lived Python objects. In the benchmark one early step stalled for 0.5-1 s, the
+first full garbage collection walking them (inferred: the stall is gone since this change, not profiled).
+After the first steps, and after the first evaluation, which compiles its own graphs, they are collected
+once and frozen out of later collections (`gc.freeze`, as vLLM does after its warm-up).
 """
 
 from __future__ import annotations
