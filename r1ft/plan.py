@@ -357,8 +357,9 @@ def render_plan(plan: Plan, gpu_name: str = "") -> str:
         total = plan.layout["per_device"] * plan.layout["accum"] * procs
         lines.append(
             f"  note: {plan.one_gpu_hours:.2f} h on one of these GPUs: at {total} sequences a step each GPU's "
-            f"share is too small to shorten a step (the host, not the GPU, sets its pace), so the other "
-            f"{procs - 1} add cost, not speed. R1FT_GLOBAL_BATCH={16 * procs} gives each GPU 16 sequences "
+            "share is too small to shorten a step (the host, not the GPU, sets its pace), so "
+            + ("the other GPU adds" if procs == 2 else f"the other {procs - 1} add")
+            + f" cost, not speed. R1FT_GLOBAL_BATCH={16 * procs} gives each GPU 16 sequences "
             "(fewer, larger steps: set R1FT_LEARNING_RATE for them), or rent one GPU"
         )
     for p in plan.problems:
