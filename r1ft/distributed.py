@@ -136,8 +136,6 @@ def exit_launched(code: int) -> NoReturn:
     ("terminate called without an active exception", SIGABRT), and torchrun then reports a finished run
     as failed and ends the other ranks, rank 0 perhaps still publishing. Everything the run writes is
     closed before this point."""
-    import logging as _logging
-
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -145,7 +143,7 @@ def exit_launched(code: int) -> NoReturn:
             dist.destroy_process_group()
         except Exception as e:  # leaving must never turn the run's result into a failure
             log.warning("leaving the process group: %s", e)
-    _logging.shutdown()
+    logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -34,10 +34,13 @@ import gc
 
 import torch
 from accelerate.utils import DistributedType
+from torch.nn.parallel import DistributedDataParallel
 from trl import SFTTrainer
 
 # steps of this process: compilation, and the block-mask function's one recompilation, are done by then
 FREEZE_AFTER_STEPS = 3
+# one process per device, nothing sharded: DDP's gradient average (or none) is all there is to sync
+DATA_PARALLEL = (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
 
 
 class LeanSFTTrainer(SFTTrainer):
@@ -78,12 +81,9 @@ class LeanSFTTrainer(SFTTrainer):
             gc.freeze()
 
     def _flat_gradient_sync(self, model) -> bool:
-        """Plain DDP (one process per device, nothing sharded): the gradients are averaged here."""
-        from torch.nn.parallel import DistributedDataParallel
-
-        return isinstance(model, DistributedDataParallel) and self.accelerator.distributed_type in (
-            DistributedType.MULTI_GPU,
-            DistributedType.MULTI_CPU,
+        """Plain DDP: the gradients are averaged here."""
+        return (
+            isinstance(model, DistributedDataParallel) and self.accelerator.distributed_type in DATA_PARALLEL
         )
 
     def _trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -93,8 +93,7 @@ class LeanSFTTrainer(SFTTrainer):
 
     def _clip_grad_norm(self, model):
         """Plain DDP or one device, no fp16 scaler: the trainable parameters' norm, as accelerate computes it."""
-        plain = self.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU,
-                                                      DistributedType.MULTI_CPU)  # fmt: skip
+        plain = self.accelerator.distributed_type in (DistributedType.NO, *DATA_PARALLEL)
         if not plain or self.accelerator.scaler is not None:
             return super()._clip_grad_norm(model)
         return torch.nn.utils.clip_grad_norm_(self._trainable_parameters(), self.args.max_grad_norm)
