@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("src", help="hf://owner/name[@rev], s3://bucket/prefix, or a directory")
     c.add_argument("dest", type=Path, help="local directory to write")
 
-    from r1ft.bench import add_arguments
+    from r1ft.bench.training import add_arguments
 
     add_arguments(
         sub.add_parser("bench", help="GPU benchmark of training variants (see docs/performance.md)")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in e.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
-    from r1ft.logs import setup_console
+    from r1ft.machine.logs import setup_console
 
     # Workers of a multi-GPU run: rank 0 logs the job, the others only their warnings and errors.
     setup_console(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(settings: Settings, args) -> int:
     """The job; with several GPUs (or R1FT_NUM_PROCESSES > 1), relaunched as one process per GPU."""
-    from r1ft import distributed
-    from r1ft.gpu_info import visible_gpus
+    from r1ft.machine.gpu import visible_gpus
+    from r1ft.training import distributed
 
     gpus = visible_gpus()
     processes = distributed.world_size(settings, len(gpus))
@@ -93,7 +93,7 @@ def cmd_run(settings: Settings, args) -> int:
         )
         if code not in (0, 2, 3, 4, 130, 143):
             # A rank died (torchrun then ends the others), possibly before rank 0 could stop the instance.
-            from r1ft.instance import stop_instance
+            from r1ft.machine.instance import stop_instance
 
             log.error("a training process failed (exit %d); see the log above", code)
             log.info(stop_instance(settings, False))
@@ -108,8 +108,8 @@ def cmd_run(settings: Settings, args) -> int:
 
 def cmd_plan(settings: Settings, args) -> int:
     from r1ft import plan as planning
-    from r1ft.distributed import world_size
-    from r1ft.gpu_info import query_gpus
+    from r1ft.machine.gpu import query_gpus
+    from r1ft.training.distributed import world_size
 
     gpus = query_gpus()
     gpu_name, gpu_mem = gpus[0] if gpus else ("", 0.0)
@@ -119,7 +119,7 @@ def cmd_plan(settings: Settings, args) -> int:
 
 
 def cmd_data(settings: Settings, args) -> int:
-    from r1ft import data
+    from r1ft.data import prepare as data
     from r1ft.pipeline import Job
     from r1ft.stages import fetch_base_model, load_tokenizer
 
@@ -150,31 +150,31 @@ def _report(run_dir: Path) -> dict:
 
 
 def cmd_merge(settings: Settings, args) -> int:
-    from r1ft.stage_commands import merge_run
+    from r1ft.commands import merge_run
 
     return merge_run(settings, args.run_dir.resolve(), _report(args.run_dir))
 
 
 def cmd_eval(settings: Settings, args) -> int:
-    from r1ft.stage_commands import eval_run
+    from r1ft.commands import eval_run
 
     return eval_run(settings, args.run_dir.resolve(), _report(args.run_dir))
 
 
 def cmd_publish(settings: Settings, args) -> int:
-    from r1ft.stage_commands import publish_run_dir
+    from r1ft.commands import publish_run_dir
 
     return publish_run_dir(settings, args.run_dir.resolve(), _report(args.run_dir))
 
 
 def cmd_gguf(settings: Settings, args) -> int:
-    from r1ft.stage_commands import gguf_run
+    from r1ft.commands import gguf_run
 
     return gguf_run(settings, args.run_dir.resolve(), _report(args.run_dir))
 
 
 def cmd_collect(settings: Settings, args) -> int:
-    from r1ft.publish import PublishError, collect
+    from r1ft.publish.destinations import PublishError, collect
 
     try:
         collect(args.src, args.dest, settings)
@@ -189,7 +189,7 @@ def cmd_collect(settings: Settings, args) -> int:
 
 
 def cmd_bench(settings: Settings, args) -> int:
-    from r1ft.bench import main as bench_main
+    from r1ft.bench.training import main as bench_main
 
     if args.out is None and os.environ.get("OUT"):  # the GPU machine's output folder
         args.out = Path(os.environ["OUT"]) / "bench.json"

@@ -44,7 +44,7 @@ class Job:
 
     def destination(self):
         if self.dest is None:
-            from r1ft.publish import destination_for
+            from r1ft.publish.destinations import destination_for
 
             self.dest = destination_for(self.settings, self.run_id)
         return self.dest
@@ -75,9 +75,12 @@ def run_job(settings: Settings) -> int:
     data preparation, checkpoint bookkeeping, merge, evaluation, publishing, stopping the instance) belong
     to rank 0, and the other ranks leave once training ends.
     """
-    from r1ft import banner, data, distributed, stages
-    from r1ft.logs import attach_file_log
-    from r1ft.signals import StopFlag
+    from r1ft import stages
+    from r1ft.data import prepare as data
+    from r1ft.machine import banner
+    from r1ft.machine.logs import attach_file_log
+    from r1ft.machine.signals import StopFlag
+    from r1ft.training import distributed
 
     stop = StopFlag().install()
     main = distributed.is_main()

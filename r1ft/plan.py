@@ -22,7 +22,7 @@ GB = 1e9
 MEAN_TOKENS_PER_EXAMPLE = 470  # the MathCodeInstruct-format sample's mean, R1 rendering
 NF4_BYTES_PER_PARAM = 0.52  # 4 bits + an 8-bit absmax per 64 weights + its fp32 scale per 256 blocks
 # Activation MB per micro-batch token, by (every layer checkpointed, decoder layers compiled); the
-# adaptive checkpointing policy (r1ft.fastpath) interpolates between the two columns layer by layer.
+# adaptive checkpointing policy (r1ft.training.fastpath) interpolates between the two columns layer by layer.
 # Compiled: measured (b: 3.12 MB/token over 30 steps of 6-8k tokens, peak 19-26 GiB on an H200; b_max16:
 # 0.25 MB/token, 9.3 GiB at 16 x 2048 on an H100). Eager: estimates, not yet benchmarked.
 ACT_MB_PER_TOKEN_PATH = {(False, False): 4.8, (False, True): 3.1, (True, False): 0.35, (True, True): 0.25}
@@ -180,7 +180,7 @@ def make_plan(
     processes: int = 1,
 ) -> Plan:
     """The whole job's disk, VRAM, time and cost plan; adapts keep count and streaming to fit the budget."""
-    from r1ft.train import batch_layout, compiles
+    from r1ft.training.train import batch_layout, compiles
 
     layout = batch_layout(settings, processes)
     shape = model_shape(config, settings.lora_r)
@@ -369,7 +369,7 @@ def render_plan(plan: Plan, gpu_name: str = "") -> str:
 
 def config_for(settings: Settings, base_path: Path | None = None) -> dict:
     """The base model's config: the local one when present, else the shipped real config."""
-    from r1ft.tiny import TINY_SHAPE, base_config
+    from r1ft.model.tiny import TINY_SHAPE, base_config
 
     if base_path is not None and (Path(base_path) / "config.json").is_file():
         return json.loads((Path(base_path) / "config.json").read_text())
@@ -383,7 +383,7 @@ def plan_for(settings: Settings, gpu_name: str = "", gpu_mem_gb: float = 0.0, pr
 
     Space the work dir already uses (a cached base model, a previous attempt) counts as available to the job,
     and a local base model outside the work dir costs nothing."""
-    from r1ft.watchdog import GB, dir_bytes, free_bytes
+    from r1ft.checkpoints.watchdog import GB, dir_bytes, free_bytes
 
     work = Path(settings.work_dir)
     local_base = (
@@ -393,7 +393,7 @@ def plan_for(settings: Settings, gpu_name: str = "", gpu_mem_gb: float = 0.0, pr
     used_gb = dir_bytes(work) / GB if work.exists() else 0.0
     gguf_bytes = {}
     if settings.gguf_types:
-        from r1ft.gguf_export import estimate_gguf_bytes
+        from r1ft.export.gguf import estimate_gguf_bytes
 
         n = model_shape(config, settings.lora_r).params
         gguf_bytes = {t: estimate_gguf_bytes(n, t) for t in settings.gguf_types}

@@ -23,9 +23,9 @@ log = logging.getLogger("r1ft")
 # --- plan ---------------------------------------------------------------------------------------------
 def plan_job(job: Job):
     """Hardware, then the disk/VRAM/time plan; stops with exit 4 before any download when it cannot fit."""
-    from r1ft import distributed
     from r1ft import plan as planning
-    from r1ft.train import detect_hardware
+    from r1ft.training import distributed
+    from r1ft.training.train import detect_hardware
 
     hw = detect_hardware()
     p = planning.plan_for(job.settings, hw.gpu_name, hw.gpu_mem_gb, distributed.num_processes())
@@ -45,7 +45,7 @@ def json_safe(obj):
 @contextlib.contextmanager
 def disk_watchdog(job: Job, plan):
     """The disk watchdog thread around the heavy steps; its peak goes into the report."""
-    from r1ft.watchdog import GB, DiskWatchdog
+    from r1ft.checkpoints.watchdog import GB, DiskWatchdog
 
     s = job.settings
     wd = DiskWatchdog(
@@ -81,8 +81,8 @@ def disk_watchdog(job: Job, plan):
 # --- model and data -----------------------------------------------------------------------------------
 def fetch_base_model(job: Job) -> Path:
     """The base model on local disk: the embedded tiny one, a local path, or the pinned Hub revision."""
-    from r1ft.hub_model import download_base_model
-    from r1ft.tiny import build_tiny_base
+    from r1ft.model.base import download_base_model
+    from r1ft.model.tiny import build_tiny_base
 
     s = job.settings
     with job.step("base model"):
@@ -100,7 +100,7 @@ def load_tokenizer(job: Job):
 
 
 def prepare_data(job: Job, tokenizer):
-    from r1ft import data
+    from r1ft.data import prepare as data
 
     with job.step("data"):
         try:
@@ -115,9 +115,10 @@ def prepare_data(job: Job, tokenizer):
 # --- training -----------------------------------------------------------------------------------------
 def train(job: Job, tokenizer, prepared, hw, plan, watchdog, stop):
     """LoRA training under the watchdog, the signal handler and the checkpoint pusher; resumes if it can."""
-    from r1ft import distributed, resume
-    from r1ft.train import attn_implementation, batch_layout, run_training, use_compile, use_liger
-    from r1ft.watchdog import trainer_callback
+    from r1ft.checkpoints import resume
+    from r1ft.checkpoints.watchdog import trainer_callback
+    from r1ft.training import distributed
+    from r1ft.training.train import attn_implementation, batch_layout, run_training, use_compile, use_liger
 
     s = job.settings
     choices = {
@@ -167,7 +168,7 @@ def train(job: Job, tokenizer, prepared, hw, plan, watchdog, stop):
 
 def finish_interrupted(job: Job, stop, watchdog) -> int:
     """After a signal or a disk stop: the checkpoint is saved; push it, publish what exists, exit."""
-    from r1ft import resume
+    from r1ft.checkpoints import resume
 
     log.warning("training stopped early (%s); the newest checkpoint is saved", stop.reason)
     pushed = resume.push_latest(job.pusher)
@@ -184,7 +185,7 @@ def finish_interrupted(job: Job, stop, watchdog) -> int:
 
 def _publish_partial(job: Job) -> None:
     """Publish what exists (logs, report) beside the pushed checkpoint; never raises."""
-    from r1ft.publish import publish_run
+    from r1ft.publish.destinations import publish_run
 
     try:
         publish_run(job.settings, job.run_dir, job.run_id, dest=job.destination())
@@ -210,7 +211,7 @@ def _record_resume(job: Job, start) -> None:
         except ValueError:
             history = {}
     if start.checkpoint is not None:
-        from r1ft.evaluate import read_scalars
+        from r1ft.evaluation.run import read_scalars
 
         series = read_scalars(job.run_dir / "logs") if (job.run_dir / "logs").is_dir() else {}
         last = max((step for points in series.values() for step, _ in points), default=0)
@@ -229,7 +230,7 @@ def merge(job: Job, tokenizer, hw, plan) -> Path:
     """Merge into a bf16 base; check merged logits against the adapter model's."""
     import torch
 
-    from r1ft.merge import load_base_for_merge, merge_adapter, save_sharded
+    from r1ft.export.merge import load_base_for_merge, merge_adapter, save_sharded
 
     s = job.settings
     out = job.run_dir / "merged"
@@ -260,7 +261,7 @@ def _merge_check(job: Job, tokenizer) -> float:
 
     base = AutoModelForCausalLM.from_pretrained(str(job.base), dtype=torch.float32)
     adapter_model = PeftModel.from_pretrained(base, str(job.run_dir / "adapter")).eval()
-    from r1ft.merge import load_base_for_merge, max_logit_diff, merge_adapter
+    from r1ft.export.merge import load_base_for_merge, max_logit_diff, merge_adapter
 
     merged = merge_adapter(
         load_base_for_merge(job.base, None, "none", "cpu", torch.float32), job.run_dir / "adapter"
@@ -269,7 +270,7 @@ def _merge_check(job: Job, tokenizer) -> float:
 
 
 def evaluate(job: Job, prepared, merged: Path) -> None:
-    from r1ft.evaluate import evaluate_run
+    from r1ft.evaluation.run import evaluate_run
 
     if not list(merged.glob("*.safetensors")):  # streamed away: score base + adapter, merged in memory
         merged = job.run_dir / "adapter"
@@ -285,7 +286,7 @@ def export_gguf(job: Job, merged: Path, plan, stream: bool = True) -> None:
     deleted before the next is written, so at most one is ever on disk."""
     if not job.settings.gguf_types:
         return
-    from r1ft.gguf_export import export_gguf as export
+    from r1ft.export.gguf import export_gguf as export
 
     on_file_ready = None
     if stream:
@@ -303,7 +304,7 @@ def export_gguf(job: Job, merged: Path, plan, stream: bool = True) -> None:
 
 
 def write_report(job: Job) -> None:
-    from r1ft.report import write_model_card
+    from r1ft.report.card import write_model_card
 
     save_report(job)
     write_model_card(job.run_dir, job.report)
@@ -316,7 +317,7 @@ def save_report(job: Job) -> None:
 
 # --- publish and stop ---------------------------------------------------------------------------------
 def publish(job: Job):
-    from r1ft.publish import PublishError, publish_run
+    from r1ft.publish.destinations import PublishError, publish_run
 
     if job.pusher is not None:
         job.pusher.wait()  # a periodic checkpoint push still in flight finishes first
@@ -335,7 +336,7 @@ def publish(job: Job):
 
 
 def stop_instance(job: Job, published=None, published_ok: bool | None = None) -> int:
-    from r1ft.instance import stop_instance as stop
+    from r1ft.machine.instance import stop_instance as stop
 
     s = job.settings
     ok = bool(published is not None and published.verified) if published_ok is None else published_ok

@@ -23,7 +23,7 @@ def _garbage_collection_unfrozen():
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A directory holding the tiny random-weight Qwen2 and its tokenizer (real template and tokens)."""
-    from r1ft.tiny import build_tiny_base
+    from r1ft.model.tiny import build_tiny_base
 
     return build_tiny_base(tmp_path_factory.mktemp("tiny") / "base")
 

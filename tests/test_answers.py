@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from r1ft.answers import (
+from r1ft.tasks.answers import (
     answers_match,
     clean_answer,
     extract_answer,

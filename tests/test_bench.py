@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from r1ft import bench, benchdata
+from r1ft.bench import lengths as benchdata
+from r1ft.bench import training as bench
+from r1ft.model.tiny import base_config
 from r1ft.settings import load_settings
-from r1ft.tiny import base_config
 
 
 def bench_args(tmp_path: Path, **kw) -> argparse.Namespace:
@@ -148,10 +149,10 @@ def test_loss_check_tolerance():
 def test_several_gpus_launch_through_torchrun(tmp_path):
     cmd = bench.worker_command(4, tmp_path / "spec.json")
     assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node=4" in cmd
-    assert cmd[-3:] == ["-m", "r1ft.benchworker", str(tmp_path / "spec.json")]
+    assert cmd[-3:] == ["-m", "r1ft.bench.worker", str(tmp_path / "spec.json")]
     assert bench.worker_command(1, tmp_path / "s.json")[1:] == [
         "-m",
-        "r1ft.benchworker",
+        "r1ft.bench.worker",
         str(tmp_path / "s.json"),
     ]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from r1ft import chat
-from r1ft.tiny import ASSISTANT, BOS, EOS, THINK, USER
+from r1ft.model.tiny import ASSISTANT, BOS, EOS, THINK, USER
 
 PROBLEM = chat.user_message("Solve for x: 3x + 5 = 20")
 REASONING = "Subtract 5: 3x = 15.\nDivide by 3: x = 5."

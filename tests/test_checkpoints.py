@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from r1ft import checkpoints
-from r1ft.watchdog import DiskWatchdog, dir_bytes
+from r1ft.checkpoints import markers as checkpoints
+from r1ft.checkpoints.watchdog import DiskWatchdog, dir_bytes
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_watchdog_prunes_to_keep_then_to_one_above_high_water(tmp_path):
 
 
 def test_watchdog_keeps_the_free_space_floor(tmp_path, monkeypatch):
-    import r1ft.watchdog as watchdog
+    import r1ft.checkpoints.watchdog as watchdog
 
     ck = tmp_path / "checkpoints"
     make_ckpt(ck, 4)

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from test_render import mci, sci  # the record builders (tests/ is on sys.path)
 
-from r1ft import data, mix
 from r1ft.chat import IGNORE_INDEX, tokenize_example
-from r1ft.render import normalise_problem
+from r1ft.data import mix
+from r1ft.data import prepare as data
+from r1ft.data.render import normalise_problem
+from r1ft.data.sources import builtin_dir, read_records
 from r1ft.settings import load_settings
-from r1ft.sources import builtin_dir, read_records
 
 
 def make_settings(tmp_path: Path, **values):
@@ -286,7 +287,7 @@ def test_batched_tokenization_matches_chat_module_on_both_paths(tiny_tokenizer):
 
 
 def _builtin_examples() -> list[dict]:
-    from r1ft.render import render_mathcodeinstruct
+    from r1ft.data.render import render_mathcodeinstruct
 
     (path,) = [p for p in builtin_dir().glob("*.jsonl")]
     return [render_mathcodeinstruct(r) for _, r in read_records(path)]

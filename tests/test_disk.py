@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from jobrun import job_env, run_dir_of, run_job, run_job_until
 
-from r1ft import checkpoints
-from r1ft.watchdog import dir_bytes
+from r1ft.checkpoints import markers as checkpoints
+from r1ft.checkpoints.watchdog import dir_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +112,7 @@ def test_training_time_follows_the_measured_step_model():
     four GPUs 0.213 s; a much larger step is GPU-bound."""
     from r1ft.plan import MEAN_TOKENS_PER_EXAMPLE as MEAN
     from r1ft.plan import training_seconds
-    from r1ft.train import Layout
+    from r1ft.training.train import Layout
 
     def step_s(layout, quant="none"):
         per_step = layout.per_device * layout.accum * layout.processes * MEAN
@@ -136,9 +136,9 @@ def test_training_time_follows_the_measured_step_model():
 def test_plan_says_when_more_gpus_add_cost_not_speed():
     """The recipe's 16 sequences over 4 GPUs: the plan gives the time on one of them and how to use all four;
     with 16 sequences per GPU it says nothing more."""
+    from r1ft.model.tiny import base_config
     from r1ft.plan import make_plan, render_plan
     from r1ft.settings import load_settings
-    from r1ft.tiny import base_config
 
     def plan_text(**env):
         s = load_settings(env, env_file=None)
@@ -155,9 +155,9 @@ def test_plan_says_when_more_gpus_add_cost_not_speed():
 def test_plan_says_whether_training_compiles():
     """A laptop planning a rental is planned as on an H100 (compiled); the smoke preset on this CPU and a
     24 GB card are not compiled, and neither pays the compilation minutes."""
+    from r1ft.model.tiny import base_config
     from r1ft.plan import COMPILE_WARMUP_S, make_plan
     from r1ft.settings import load_settings
-    from r1ft.tiny import base_config
 
     full, smoke = load_settings({}, env_file=None), load_settings({"R1FT_PRESET": "smoke"}, env_file=None)
     rental = make_plan(full, base_config(), free_gb=100)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch.multiprocessing as mp
 
-from r1ft import distributed
 from r1ft.settings import load_settings
+from r1ft.training import distributed
 
 
 def test_world_size_defaults_to_the_visible_gpus():
@@ -38,7 +38,7 @@ def fake_nvidia_smi(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_visible_gpus_follow_cuda_visible_devices(tmp_path, monkeypatch):
-    from r1ft.gpu_info import query_gpus, visible_gpus
+    from r1ft.machine.gpu import query_gpus, visible_gpus
 
     fake_nvidia_smi(tmp_path, monkeypatch)
     assert len(query_gpus({})) == 4 and query_gpus({})[0] == (
@@ -105,7 +105,7 @@ def test_ranks_agree_on_the_most_serious_stop_reason(tmp_path: Path):
 def test_the_agreed_stop_saves_and_stops():
     from transformers import TrainerControl
 
-    from r1ft.signals import StopFlag
+    from r1ft.machine.signals import StopFlag
 
     flag = StopFlag()
     callback = distributed.stop_agreement_callback(flag)
@@ -121,7 +121,7 @@ def _ddp_and_flat_gradients(rank: int, path: str, out: dict) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from r1ft.trainer import all_reduce_mean
+    from r1ft.training.trainer import all_reduce_mean
 
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
     try:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from r1ft import evaluate
 from r1ft.chat import MATH_INSTRUCTION
-from r1ft.evaluate import (
+from r1ft.evaluation import run as evaluate
+from r1ft.evaluation.run import (
     THREE_PROMPTS,
     Generation,
     evaluate_run,
@@ -67,7 +67,7 @@ def write_events(log_dir: Path, train: list[tuple[int, float]], evals: list[tupl
 @pytest.fixture(scope="module")
 def tiny_pair(tiny_base, tmp_path_factory) -> tuple[Path, Path]:
     """The tiny base and a second tiny model standing in for the merged fine-tune."""
-    from r1ft.tiny import build_tiny_base
+    from r1ft.model.tiny import build_tiny_base
 
     return tiny_base, build_tiny_base(tmp_path_factory.mktemp("merged") / "merged", seed=1)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from r1ft import fastpath
 from r1ft.settings import load_settings
-from r1ft.train import Hardware, checkpoint_mode, lora_config, sft_config, use_compile, use_liger
+from r1ft.training import fastpath
+from r1ft.training.train import Hardware, checkpoint_mode, lora_config, sft_config, use_compile, use_liger
 
 GPU = Hardware(device="cuda", gpu_name="NVIDIA H100 80GB HBM3", gpu_mem_gb=85.0, gpu_count=1, bf16=True)
 CPU = Hardware(device="cpu")
@@ -175,7 +175,7 @@ def test_fastpath_choices_by_hardware_and_settings():
 
 
 def test_sft_config_compiles_regionally_not_through_the_trainer(tmp_path):
-    from r1ft.train import Layout
+    from r1ft.training.train import Layout
 
     s = load_settings({"R1FT_TORCH_COMPILE": "true", "R1FT_GRADIENT_CHECKPOINTING": "true"}, env_file=None)
     args = sft_config(s, tmp_path, Layout(16, 1, 1), CPU, "none", checkpointing=True, has_eval=False)

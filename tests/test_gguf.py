@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from r1ft import gguf_export as ge
 from r1ft.chat import prompt_ids, user_message
-from r1ft.gguf_types import SUPPORTED_GGUF_TYPES
+from r1ft.export import gguf as ge
+from r1ft.export.gguf_types import SUPPORTED_GGUF_TYPES
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def test_estimate_covers_the_real_model():
 def test_pre_tokenizer_name_follows_the_split_rules(tiny_tokenizer):
     from tokenizers import pre_tokenizers
 
-    from r1ft.tiny import build_tokenizer
+    from r1ft.model.tiny import build_tokenizer
 
     # transformers loads the tiny tokenizer as a Qwen2 tokenizer, with the base model's split regex
     assert ge.pre_tokenizer_name(tiny_tokenizer) == "deepseek-r1-qwen"
@@ -263,7 +263,7 @@ def full_size_merged(tmp_path_factory) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from r1ft.tiny import base_config, build_tokenizer
+    from r1ft.model.tiny import base_config, build_tokenizer
 
     dest = tmp_path_factory.mktemp("full") / "merged"
     torch.manual_seed(0)

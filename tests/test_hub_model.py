@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from huggingface_hub import errors
 
-from r1ft import hub_model
+from r1ft.model import base as hub_model
 from r1ft.pipeline import JobError
 from r1ft.settings import load_settings
 

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from r1ft.instance import decide_action, stop_instance
+from r1ft.machine.instance import decide_action, stop_instance
 from r1ft.settings import load_settings
 
 KEY = "container-key-never-shown"

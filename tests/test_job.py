@@ -277,10 +277,10 @@ def test_an_unforeseen_failure_stops_the_instance_and_keeps_the_report(tmp_path)
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
         textwrap.dedent("""
-        import r1ft.merge
+        import r1ft.export.merge
         def broken(*args, **kwargs):
             raise RuntimeError("disk controller on fire")
-        r1ft.merge.merge_adapter = broken
+        r1ft.export.merge.merge_adapter = broken
     """)
     )
     env = job_env(tmp_path, PYTHONPATH=str(hook), CONTAINER_ID="4242", CONTAINER_API_KEY="vastkey",

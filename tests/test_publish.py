@@ -14,7 +14,7 @@ import pytest
 from fakehub import FakeHfApi, http_error
 from s3server import s3_server
 
-from r1ft.publish import (
+from r1ft.publish.destinations import (
     CHECKPOINT_DIR,
     MANIFEST,
     PublishError,

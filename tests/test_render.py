@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from r1ft.answers import last_boxed
 from r1ft.chat import MATH_INSTRUCTION
-from r1ft.render import (
+from r1ft.data.render import (
     BadRecord,
     answer_sentence,
     clean_text,
@@ -22,7 +21,8 @@ from r1ft.render import (
     scibench_value,
     split_final_answer,
 )
-from r1ft.sources import builtin_files, read_records
+from r1ft.data.sources import builtin_files, read_records
+from r1ft.tasks.answers import last_boxed
 
 SYSTEM = "Below is a math problem. Please solve it step by step."
 
@@ -431,8 +431,8 @@ def test_real_scibench_solutions_render(shared_data):
 
 
 def test_scibench_training_answers_score_correct_under_scibench_scoring():
-    """The boxed answer of every shipped solution is what SciBench's scorer (r1ft.answers) accepts."""
-    from r1ft.answers import scibench_correct
+    """The boxed answer of every shipped solution is what SciBench's scorer (r1ft.tasks.answers) accepts."""
+    from r1ft.tasks.answers import scibench_correct
 
     for path in sorted((builtin_files("scibench")[0].parent).glob("*_sol.json")):
         for _, record in read_records(path):
@@ -441,7 +441,7 @@ def test_scibench_training_answers_score_correct_under_scibench_scoring():
 
 
 def test_real_scibench_training_answers_score_correct(shared_data):
-    from r1ft.answers import scibench_correct
+    from r1ft.tasks.answers import scibench_correct
 
     for path in sorted((shared_data / "scibench").glob("*_sol.json")):
         for _, record in read_records(path):

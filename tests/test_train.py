@@ -10,7 +10,7 @@ from datasets import Dataset
 
 from r1ft import chat
 from r1ft.settings import load_settings
-from r1ft.train import Hardware, Layout, batch_layout, run_training
+from r1ft.training.train import Hardware, Layout, batch_layout, run_training
 
 EXAMPLES = [
     ("What is 2 + 3?", "2 plus 3 makes 5.", "The answer is \\boxed{5}."),
@@ -87,7 +87,7 @@ def test_merged_logits_equal_adapter_logits(trained, tiny_base, tiny_tokenizer):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from r1ft.merge import load_base_for_merge, max_logit_diff, merge_adapter
+    from r1ft.export.merge import load_base_for_merge, max_logit_diff, merge_adapter
 
     _, run_dir = trained
     adapter_model = PeftModel.from_pretrained(
@@ -102,7 +102,7 @@ def test_merged_logits_equal_adapter_logits(trained, tiny_base, tiny_tokenizer):
 def test_saved_merged_model_reloads_identically(trained, tiny_base, tiny_tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from r1ft.merge import load_base_for_merge, max_logit_diff, merge_adapter, save_sharded
+    from r1ft.export.merge import load_base_for_merge, max_logit_diff, merge_adapter, save_sharded
 
     _, run_dir = trained
     merged = merge_adapter(
@@ -121,7 +121,7 @@ def test_saved_merged_model_reloads_identically(trained, tiny_base, tiny_tokeniz
 def test_trained_model_reproduces_a_training_completion_greedily(trained, tiny_base, tiny_tokenizer):
     """Template, masking, EOS and merge agree: from the inference prompt, greedy decoding gives the
     completion it was trained on, and stops at EOS."""
-    from r1ft.merge import load_base_for_merge, merge_adapter
+    from r1ft.export.merge import load_base_for_merge, merge_adapter
 
     _, run_dir = trained
     tok = tiny_tokenizer
@@ -142,7 +142,7 @@ def test_padding_free_batches_match_padded_ones(tiny_base, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from r1ft.train import lora_config
+    from r1ft.training.train import lora_config
 
     s = load_settings({"R1FT_PRESET": "smoke", "R1FT_LORA_DROPOUT": "0"}, env_file=None)
     rows = [{k: r[k] for k in ("input_ids", "labels")} for r in dataset(tiny_tokenizer)]
@@ -191,7 +191,7 @@ def test_module_patches_made_during_training_are_undone(tiny_base):
     from transformers import AutoModelForCausalLM
     from transformers.models.qwen2 import modeling_qwen2
 
-    from r1ft.train import module_patches_undone
+    from r1ft.training.train import module_patches_undone
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base)
     original_norm, original_rope = modeling_qwen2.Qwen2RMSNorm, modeling_qwen2.apply_rotary_pos_emb
@@ -212,8 +212,8 @@ def test_lean_trainer_logs_and_trains_as_trl_does(tiny_base, tiny_tokenizer, tmp
     from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
-    from r1ft.train import lora_config, sft_config
-    from r1ft.trainer import LeanSFTTrainer
+    from r1ft.training.train import lora_config, sft_config
+    from r1ft.training.trainer import LeanSFTTrainer
 
     env = {"R1FT_PRESET": "smoke", "R1FT_WORK_DIR": str(tmp_path), "R1FT_MAX_STEPS": "4", "R1FT_GLOBAL_BATCH": "4",
            "R1FT_BATCH_SIZE": "2", "R1FT_LOGGING_STEPS": "2", "R1FT_LORA_DROPOUT": "0", "R1FT_EVAL_STEPS": "2"}  # fmt: skip
@@ -258,8 +258,8 @@ def test_lean_trainer_trains_in_training_mode_after_each_evaluation(tiny_base, t
     turns the whole model to eval), the next training forward runs with dropout on in every module."""
     from transformers import AutoModelForCausalLM
 
-    from r1ft.train import lora_config, sft_config
-    from r1ft.trainer import LeanSFTTrainer
+    from r1ft.training.train import lora_config, sft_config
+    from r1ft.training.trainer import LeanSFTTrainer
 
     env = {"R1FT_PRESET": "smoke", "R1FT_WORK_DIR": str(tmp_path), "R1FT_MAX_STEPS": "5", "R1FT_GLOBAL_BATCH": "4",
            "R1FT_LORA_DROPOUT": "0.5", "R1FT_EVAL_STEPS": "1"}  # fmt: skip
@@ -290,8 +290,8 @@ def test_lean_trainer_freezes_the_warm_up_objects_out_of_garbage_collection(
 
     from transformers import AutoModelForCausalLM, TrainerCallback
 
-    from r1ft.train import lora_config, sft_config
-    from r1ft.trainer import FREEZE_AFTER_STEPS, LeanSFTTrainer
+    from r1ft.training.train import lora_config, sft_config
+    from r1ft.training.trainer import FREEZE_AFTER_STEPS, LeanSFTTrainer
 
     frozen_at_step_end: dict[int, int] = {}
 

@@ -38,7 +38,7 @@ def _plan_like(report: dict):
 
 
 def merge_run(settings: Settings, run_dir: Path, report: dict) -> int:
-    from r1ft.train import detect_hardware
+    from r1ft.training.train import detect_hardware
 
     job = job_for(settings, run_dir, report)
     if not (run_dir / "adapter" / "adapter_config.json").is_file():
@@ -57,7 +57,7 @@ def eval_run(settings: Settings, run_dir: Path, report: dict) -> int:
     prepared = stages.prepare_data(job, tokenizer)
     stages.evaluate(job, prepared, run_dir / "merged")
     stages.save_report(job)
-    from r1ft.report import write_model_card
+    from r1ft.report.card import write_model_card
 
     write_model_card(run_dir, job.report)
     return EXIT_OK

@@ -40,7 +40,7 @@ def use_one_gpu(environ: MutableMapping[str, str], gpus: Sequence[tuple] | None 
     when at most one is visible. A single training process that sees several GPUs makes transformers'
     Trainer wrap the model in nn.DataParallel, which TRL's SFTTrainer refuses. `gpus`: `visible_gpus()`
     if already read."""
-    from r1ft.gpu_info import visible_gpus
+    from r1ft.machine.gpu import visible_gpus
 
     gpus = visible_gpus(environ) if gpus is None else gpus
     if len(gpus) <= 1:

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from r1ft import checkpoints
+from r1ft.checkpoints import markers as checkpoints
 
 log = logging.getLogger(__name__)
 GB = 1e9

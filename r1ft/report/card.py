@@ -177,13 +177,13 @@ def model_card(report: dict[str, Any], repo_hint: str = "OWNER/NAME") -> str:
     ]
     evaluation = report.get("evaluation")
     if evaluation:
-        from r1ft.evaluate import evaluation_markdown
+        from r1ft.evaluation.run import evaluation_markdown
 
         body = evaluation_markdown(evaluation)
         parts += [body if body.lstrip().startswith("## Evaluation") else "\n## Evaluation\n\n" + body]
     gguf = report.get("gguf")
     if gguf:
-        from r1ft.gguf_export import GgufResult, gguf_markdown
+        from r1ft.export.gguf import GgufResult, gguf_markdown
 
         results = [GgufResult(**{**g, "path": Path(g["path"])}) for g in gguf]
         parts += ["", gguf_markdown(results, repo_hint)]

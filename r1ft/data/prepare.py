@@ -1,8 +1,8 @@
 """The training data: load both sources, render, clean, mix, split, tokenize, cache.
 
 `prepare_data(settings, tokenizer, run_dir)` runs, in order:
-1. load each source (`r1ft.sources`), check the shape of each file's first record (a wrong shape is a
-   DataError naming the file, record and field), render records (`r1ft.render`), count bad ones by
+1. load each source (`r1ft.data.sources`), check the shape of each file's first record (a wrong shape is a
+   DataError naming the file, record and field), render records (`r1ft.data.render`), count bad ones by
    reason and stop when more than `max_bad_fraction` of a source is bad;
 2. the contamination guard: SciBench's main files are its test set; any example whose normalised
    problem equals one of theirs is removed (and the split is verified clean afterwards);
@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from r1ft.chat import IGNORE_INDEX, loss_text
-from r1ft.mix import deduplicate, digest, draw_and_split, guard_contamination, source_of
-from r1ft.render import normalise_problem
-from r1ft.sources import SOURCES, DataError, Loaded, identity, load_source
+from r1ft.data.mix import deduplicate, digest, draw_and_split, guard_contamination, source_of
+from r1ft.data.render import normalise_problem
+from r1ft.data.sources import SOURCES, DataError, Loaded, identity, load_source
 
 __all__ = ["DataError", "PreparedData", "data_fingerprint", "data_stats", "iter_rendered", "prepare_data"]
 

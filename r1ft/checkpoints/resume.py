@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1ft import checkpoints
+from r1ft.checkpoints import markers as checkpoints
 from r1ft.settings import Settings
 
 log = logging.getLogger("r1ft")
@@ -57,7 +57,7 @@ def find_resume_point(settings: Settings, run_dir: Path, run_id: str | None = No
 
 
 def _fetch_remote(settings: Settings, run_dir: Path, run_id: str) -> Path | None:
-    from r1ft.publish import fetch_last_checkpoint
+    from r1ft.publish.destinations import fetch_last_checkpoint
 
     staging = run_dir / "checkpoints" / ".remote"
     try:
@@ -105,7 +105,7 @@ class CheckpointPusher:
     def push_now(self, retry=None) -> bool:
         """Push the newest complete checkpoint unless it is already there. Periodic pushes use a short retry
         policy (the next interval is their retry); the push after an interruption uses the full one."""
-        from r1ft.publish import RetryPolicy, push_checkpoint
+        from r1ft.publish.destinations import RetryPolicy, push_checkpoint
 
         retry = retry or RetryPolicy(attempts=2, initial_s=1.0, max_s=5.0, sdk_attempts=2)
 
@@ -141,7 +141,7 @@ def pusher_callback(pusher: CheckpointPusher):
 
 def push_latest(pusher: CheckpointPusher) -> bool:
     """Push the newest checkpoint now (after an interruption), waiting for any push in flight."""
-    from r1ft.publish import DEFAULT_RETRY
+    from r1ft.publish.destinations import DEFAULT_RETRY
 
     pusher.wait()
     return pusher.push_now(retry=DEFAULT_RETRY)

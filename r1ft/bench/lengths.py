@@ -3,7 +3,7 @@
 The length table (`assets/bench_lengths.json`) is derived once from the shared sample
 (`../shared/data/mathcoder-sample/mathcodeinstruct_format_sample.jsonl`, 4,000 records) and kept in the
 project, so the benchmark needs neither the data nor the real tokenizer. Each record is rendered the way
-training renders it (`r1ft.render.render_mathcodeinstruct`, then the R1 prompt and completion of
+training renders it (`r1ft.data.render.render_mathcodeinstruct`, then the R1 prompt and completion of
 `r1ft.chat`) and its tokens are *estimated*, because the real tokenizer cannot be downloaded here:
 the text is split with the Qwen2 BPE pre-tokenizer's own regular expression (digits are single
 pre-tokens, as in Qwen2), and each pre-token is costed: a letter run of up to 9 letters is one token
@@ -51,7 +51,7 @@ def estimate_tokens(text: str) -> int:
 def derive_lengths(sample: Path) -> dict:
     """The length table of a MathCodeInstruct-format JSONL file: estimated prompt and completion tokens."""
     from r1ft.chat import completion_text
-    from r1ft.render import BadRecord, render_mathcodeinstruct
+    from r1ft.data.render import BadRecord, render_mathcodeinstruct
 
     prompts, completions, skipped = [], [], 0
     for line in Path(sample).read_text(encoding="utf-8").splitlines():
@@ -65,7 +65,7 @@ def derive_lengths(sample: Path) -> dict:
         completions.append(COMPLETION_SPECIALS + estimate_tokens(completion))
     return {
         "source": "mathcoder-sample/mathcodeinstruct_format_sample.jsonl (shared data), R1 rendering",
-        "method": "Qwen2 pre-tokenizer regex + per-pre-token cost (r1ft.benchdata.estimate_tokens)",
+        "method": "Qwen2 pre-tokenizer regex + per-pre-token cost (r1ft.bench.lengths.estimate_tokens)",
         "skipped": skipped,
         "prompt": prompts,
         "completion": completions,

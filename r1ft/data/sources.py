@@ -26,8 +26,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from r1ft import render
-from r1ft.render import BadRecord
+from r1ft.data import render
+from r1ft.data.render import BadRecord
 
 SOURCES = ("mathcodeinstruct", "scibench")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")

@@ -38,7 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from r1ft.answers import (
+from r1ft.chat import prompt_text, user_message
+from r1ft.tasks.answers import (
     answers_match,
     extract_answer,
     scibench_boxed,
@@ -47,7 +48,6 @@ from r1ft.answers import (
     scibench_prompt_unit,
     wilson_interval,
 )
-from r1ft.chat import prompt_text, user_message
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Training-speed benchmark: the original recipe against r1ft's 4-bit and bf16 paths, on one card, in one run.
 
 `scripts/bench` (or `r1ft bench`) builds the full-size model from the real config with random weights,
-draws sequences whose lengths follow the MathCodeInstruct-format sample (`r1ft.benchdata`), and trains
-every variant on the same sequences in the same order, each in a fresh process (`r1ft.benchworker`;
+draws sequences whose lengths follow the MathCodeInstruct-format sample (`r1ft.bench.lengths`), and trains
+every variant on the same sequences in the same order, each in a fresh process (`r1ft.bench.worker`;
 under torchrun for several GPUs). It prints the table (with the GPU name), the check
 that r1ft's 4-bit path tracks the original recipe's losses, and writes everything as JSON.
 
@@ -202,7 +202,7 @@ def choose_variants(opts: dict) -> list[Variant]:
 def prepare_base(work: Path, tiny: bool, seed: int) -> Path:
     """The base model directory: the tiny model, or the full-size random model (built once, in a child)."""
     if tiny:
-        from r1ft.tiny import build_tiny_base
+        from r1ft.model.tiny import build_tiny_base
 
         return build_tiny_base(work / "tiny-base", seed=seed)
     base = work / "base-random"
@@ -210,14 +210,14 @@ def prepare_base(work: Path, tiny: bool, seed: int) -> Path:
         spec = work / "build.json"
         spec.write_text(json.dumps({"build_base": True, "base": str(base), "seed": seed}))
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "r1ft.benchworker", str(spec)], check=True)
+        subprocess.run([sys.executable, "-m", "r1ft.bench.worker", str(spec)], check=True)
         print(f"bench: built the full-size random model in {time.perf_counter() - t0:.0f} s", flush=True)
     return base
 
 
 def sequences(v: Variant, steps: int, tiny: bool, vocab: int, max_len: int, seed: int) -> list[dict]:
     """The variant's sequences: a prefix of one seeded draw, so every variant sees the same ones in order."""
-    from r1ft import benchdata
+    from r1ft.bench import lengths as benchdata
 
     per_step = 16 * (v.gpus if v.env.get("R1FT_GLOBAL_BATCH") else 1)
     n = steps * per_step
@@ -290,7 +290,7 @@ def worker_env(gpus: int, variant_env: dict[str, str] | None = None) -> dict[str
     env = dict(os.environ)
     env.update({k: v for k, v in (variant_env or {}).items() if not k.startswith("R1FT_")})
     if gpus <= 1:
-        from r1ft.distributed import use_one_gpu
+        from r1ft.training.distributed import use_one_gpu
 
         use_one_gpu(env)
     return env
@@ -316,10 +316,10 @@ def run_logged(
 
 def worker_command(gpus: int, spec: Path) -> list[str]:
     if gpus <= 1:
-        return [sys.executable, "-m", "r1ft.benchworker", str(spec)]
-    from r1ft.distributed import launch_command
+        return [sys.executable, "-m", "r1ft.bench.worker", str(spec)]
+    from r1ft.training.distributed import launch_command
 
-    return launch_command(gpus, [str(spec)], module="r1ft.benchworker")
+    return launch_command(gpus, [str(spec)], module="r1ft.bench.worker")
 
 
 def warmup_steps(steps: int, asked: int) -> int:
@@ -400,7 +400,7 @@ def loss_check(results: dict[str, dict], steps: int = CHECK_STEPS) -> dict[str, 
 def build_report(
     results: list[dict], variants: list[Variant], opts: dict, gpu: str, settings: Settings
 ) -> dict:
-    from r1ft import benchdata
+    from r1ft.bench import lengths as benchdata
 
     base_cfg = json.loads((Path(opts["base"]) / "config.json").read_text())
     mean_tokens = benchdata.mean_tokens(benchdata.load_lengths(), settings.max_seq_len)
@@ -504,7 +504,7 @@ def _brief(r: dict) -> str:
 def _gpu_name(tiny: bool) -> str:
     if tiny:
         return "cpu (tiny model)"
-    from r1ft.gpu_info import query_gpus
+    from r1ft.machine.gpu import query_gpus
 
     gpus = query_gpus()
     return f"{gpus[0][0]} ({gpus[0][1]:.0f} GB) x{len(gpus)}" if gpus else "no GPU found"

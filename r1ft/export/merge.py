@@ -33,7 +33,7 @@ def load_base_for_merge(base: str | Path, revision: str | None, quant: str, devi
     if revision and not Path(str(base)).exists():
         kwargs["revision"] = revision
     if quant == "nf4" and device == "cuda":
-        from r1ft.train import bnb_config
+        from r1ft.training.train import bnb_config
 
         kwargs["quantization_config"] = bnb_config(None)  # type: ignore[arg-type]
         kwargs["device_map"] = {"": 0}

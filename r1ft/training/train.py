@@ -220,11 +220,11 @@ def sft_config(
 
 def load_base_model(base: str | Path, settings: Settings, hw: Hardware, quant: str, attn: str):
     """The base model in bf16 (GPU) or fp32 (CPU), or 4-bit NF4 with bf16 non-quantized weights, on this
-    process's GPU, with the speed-only patches of `r1ft.fastpath` (see `apply_fastpath`)."""
+    process's GPU, with the speed-only patches of `r1ft.training.fastpath` (see `apply_fastpath`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from r1ft import distributed, fastpath
+    from r1ft.training import distributed, fastpath
 
     kwargs: dict[str, Any] = {"attn_implementation": attn}
     if not Path(str(base)).exists():
@@ -245,8 +245,8 @@ def load_base_model(base: str | Path, settings: Settings, hw: Hardware, quant: s
 
 def apply_fastpath(model, settings: Settings, hw: Hardware, quant: str) -> dict[str, Any]:
     """Regional compilation, adaptive checkpointing and bf16 LoRA inputs where they apply; what was done."""
-    from r1ft import fastpath
     from r1ft.plan import act_bytes_per_token
+    from r1ft.training import fastpath
 
     done: dict[str, Any] = {}
     if hw.device == "cuda" and checkpoint_mode(settings, hw) == "adaptive":
@@ -309,7 +309,7 @@ def run_training(
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
-    from r1ft.trainer import LeanSFTTrainer
+    from r1ft.training.trainer import LeanSFTTrainer
 
     quant, layout = choices["quant"], choices["layout"]
     model = load_base_model(base, settings, hw, quant, choices["attn"])
@@ -317,7 +317,7 @@ def run_training(
     args = sft_config(
         settings, run_dir, layout, hw, quant, choices["checkpointing"], choices["liger"], has_eval=has_eval
     )
-    from r1ft import distributed
+    from r1ft.training import distributed
 
     if distributed.is_main():  # one event file, written by rank 0
         tb = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "logs")))

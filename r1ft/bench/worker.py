@@ -1,7 +1,7 @@
 """One benchmark variant in its own process (or one process per GPU under torchrun).
 
-`python -m r1ft.benchworker SPEC.json` trains the variant described by the spec (written by
-`r1ft.bench`) for its steps through TRL's SFTTrainer and writes, from rank 0, a result JSON: the wall
+`python -m r1ft.bench.worker SPEC.json` trains the variant described by the spec (written by
+`r1ft.bench.training`) for its steps through TRL's SFTTrainer and writes, from rank 0, a result JSON: the wall
 time of every optimizer step (CUDA synchronized at each step end), the peak memory of every step, the
 loss of every step, and what the fast path did. A fresh process per variant isolates peak memory and
 Liger's global patch.
@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
         Path(spec["result"]).write_text(json.dumps(result, indent=1, default=str))
     import os
 
-    from r1ft import distributed
+    from r1ft.training import distributed
 
     if distributed.launched(os.environ):
         distributed.exit_launched(0)
@@ -39,7 +39,7 @@ def build_full_size_base(dest: Path, seed: int) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from r1ft.tiny import base_config, build_tokenizer
+    from r1ft.model.tiny import base_config, build_tokenizer
 
     if (dest / "config.json").is_file():
         return dest
@@ -76,9 +76,9 @@ def run_variant(spec: dict) -> dict[str, Any] | None:
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from r1ft import distributed
-    from r1ft.train import detect_hardware, lora_config
-    from r1ft.trainer import LeanSFTTrainer
+    from r1ft.training import distributed
+    from r1ft.training.train import detect_hardware, lora_config
+    from r1ft.training.trainer import LeanSFTTrainer
 
     settings = variant_settings(spec)
     hw = detect_hardware()
@@ -130,8 +130,8 @@ def run_variant(spec: dict) -> dict[str, Any] | None:
 
 def r1ft_recipe(spec: dict, settings, hw, run_dir: Path):
     """r1ft's own path: the same adapters `run_training` uses, with the settings of the variant."""
-    from r1ft import distributed
-    from r1ft.train import (
+    from r1ft.training import distributed
+    from r1ft.training.train import (
         attn_implementation,
         batch_layout,
         checkpoint_mode,
@@ -170,8 +170,8 @@ def original_recipe(spec: dict, settings, hw, run_dir: Path):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig
 
-    from r1ft import distributed
-    from r1ft.train import bnb_config
+    from r1ft.training import distributed
+    from r1ft.training.train import bnb_config
 
     cuda = hw.device == "cuda"
     kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
@@ -223,7 +223,7 @@ def tokens_per_step(rows: list[dict], global_batch: int) -> list[int]:
 
 
 def _census(model) -> dict[str, int]:
-    from r1ft.fastpath import dtype_census
+    from r1ft.training.fastpath import dtype_census
 
     return dtype_census(model)
 

@@ -25,8 +25,8 @@ import re
 import unicodedata
 from typing import Any
 
-from r1ft.answers import braced, last_boxed, scibench_prompt_unit, scibench_unit_exponent
 from r1ft.chat import user_message
+from r1ft.tasks.answers import braced, last_boxed, scibench_prompt_unit, scibench_unit_exponent
 
 # Reasons a record is skipped; every one is counted in the data statistics.
 BAD_REASONS = (
