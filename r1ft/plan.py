@@ -1,12 +1,11 @@
 """The plan printed before any download or GPU minute: disk item by item against the budget and the real
-free space, VRAM, training time and cost. Pure arithmetic over the settings and the model's config.
+free space, VRAM, training time and cost. Pure arithmetic over the settings, the recipe and the model's
+config.
 
-VRAM and speed coefficients come from `scripts/bench` on the full-size model (docs/performance.md; H100
-and H200, 2026-11-28): bf16 weights 2 bytes/param, NF4 about 0.52 bytes/param, activations per token of a
-micro-batch 3.1 MB with no layer checkpointed and 0.25 MB with every layer checkpointed (compiled path;
-Qwen2-1.5B, LoRA r=16, all linear layers). A training step takes the longer of the host's time to launch
-it and the GPU's time to run its tokens (STEP_MODEL): at the recipe's 16 sequences the host is the longer,
-which is also why splitting those 16 over several GPUs hardly shortens a step.
+The memory model is the recipe's (`r1ft.recipe`). A training step takes the longer of the host's time to
+launch it and the GPU's time to run its tokens (STEP_MODEL, from `scripts/bench` on the full-size model,
+docs/performance.md): at the recipe's 16 sequences the host is the longer, which is also why splitting
+those 16 over several GPUs hardly shortens a step.
 """
 
 from __future__ import annotations
@@ -16,18 +15,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from r1ft.export.gguf import estimate_gguf_bytes
+from r1ft.files import GB, dir_bytes, format_gb, free_bytes
+from r1ft.machine.gpu import Hardware
+from r1ft.model.tiny import TINY_SHAPE, base_config
+from r1ft.recipe import Layout, Recipe, batch_layout, checkpoint_gb, make_recipe, model_shape, vram_peak_gb
 from r1ft.settings import Settings
 
-GB = 1e9
 MEAN_TOKENS_PER_EXAMPLE = 470  # the MathCodeInstruct-format sample's mean, R1 rendering
-NF4_BYTES_PER_PARAM = 0.52  # 4 bits + an 8-bit absmax per 64 weights + its fp32 scale per 256 blocks
-# Activation MB per micro-batch token, by (every layer checkpointed, decoder layers compiled); the
-# adaptive checkpointing policy (r1ft.training.fastpath) interpolates between the two columns layer by layer.
-# Compiled: measured (b: 3.12 MB/token over 30 steps of 6-8k tokens, peak 19-26 GiB on an H200; b_max16:
-# 0.25 MB/token, 9.3 GiB at 16 x 2048 on an H100). Eager: estimates, not yet benchmarked.
-ACT_MB_PER_TOKEN_PATH = {(False, False): 4.8, (False, True): 3.1, (True, False): 0.35, (True, True): 0.25}
-# The plan's VRAM figure, by gradient checkpointing: the measured (compiled) column.
-ACT_MB_PER_TOKEN = {ckpt: ACT_MB_PER_TOKEN_PATH[(ckpt, True)] for ckpt in (False, True)}
 # Seconds per micro-batch = max(host seconds to launch it, its tokens / the GPU's tokens per second), on an
 # H200, by (quant, compiled). Measured (docs/performance.md): bf16 compiled 0.184 and 0.191 s a step for
 # about 7.2k tokens on one GPU (c, machine otherwise idle, 2026-11-28, two runs), of which the GPU ran
@@ -61,15 +56,6 @@ GPU_REL_SPEED = {
 }
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    params: int
-    lora_params: int
-    vocab: int
-    hidden: int
-    layers: int
-
-
 @dataclass
 class DiskItem:
     name: str
@@ -79,6 +65,9 @@ class DiskItem:
 
 @dataclass
 class Plan:
+    """The disk, VRAM, time and cost of a run with its recipe; `fits` is False when `problems` say why."""
+
+    recipe: Recipe
     disk_items: list[DiskItem]
     disk_peak_gb: float
     disk_budget_gb: float
@@ -88,16 +77,12 @@ class Plan:
     keep_checkpoints: int = 3
     stream_merged: bool = False
     minimum_gb: float = 0.0  # the smallest peak the plan can adapt to (1 checkpoint kept, merge streamed)
-    quant: str = "none"
-    checkpointing: bool = False
-    compiled: bool = False
     vram_peak_gb: float = 0.0
     min_gpu_ram_gb: float = 0.0
     train_tokens: int = 0
     train_hours: float = 0.0
     cost_usd: float = 0.0
     problems: list[str] = field(default_factory=list)
-    layout: dict = field(default_factory=dict)  # per_device x accum x processes
     learning_rate: float = 0.0
     one_gpu_hours: float = 0.0  # with several processes: the same training on one of the GPUs
 
@@ -106,50 +91,17 @@ class Plan:
         return math.ceil(max(self.disk_peak_gb * 1.25, self.disk_budget_gb) + 4)
 
     def to_json(self) -> str:
+        """`r1ft plan --json`: the plan, its recipe, and the flat keys scripts/vast-launch reads."""
         data = asdict(self)
         data["recommended_disk_gb"] = self.recommended_disk_gb
+        data["quant"] = self.recipe.quant
+        data["compiled"] = self.recipe.compiled
+        data["checkpointing"] = self.recipe.sized_checkpointed
+        data["layout"] = asdict(self.recipe.layout)
         return json.dumps(data, indent=2)
 
 
-def model_shape(config: dict, lora_r: int) -> ModelShape:
-    """Parameter counts from a Qwen2 config dict (no torch)."""
-    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
-    head_dim = config.get("head_dim") or h // heads
-    vocab = config["vocab_size"]
-    q, kvd = heads * head_dim, kv * head_dim
-    attn = h * q + q + 2 * (h * kvd + kvd) + q * h
-    mlp = 3 * h * inter
-    per_layer = attn + mlp + 2 * h
-    params = layers * per_layer + 2 * vocab * h + h
-    lora = layers * lora_r * ((h + q) + 2 * (h + kvd) + (q + h) + 3 * (h + inter))
-    return ModelShape(params=params, lora_params=lora, vocab=vocab, hidden=h, layers=layers)
-
-
-def act_bytes_per_token(quant: str, checkpointing: bool, compiled: bool) -> float:
-    """Activation bytes per micro-batch token (the same for bf16 and NF4 bases: same shapes)."""
-    return ACT_MB_PER_TOKEN_PATH[(checkpointing, compiled)] * 1e6
-
-
-def checkpoint_gb(shape: ModelShape, quant: str) -> float:
-    """A Trainer checkpoint: fp32 adapter + optimizer state (AdamW 2x fp32, or 8-bit 2x 1 byte) + small files."""
-    optim_bytes = 2 if quant == "nf4" else 8
-    return (shape.lora_params * (4 + optim_bytes) + 2e6) / GB
-
-
-def vram_peak_gb(shape: ModelShape, quant: str, checkpointing: bool, micro_batch_tokens: int) -> float:
-    if quant == "nf4":  # 4-bit linear weights + double-quantized scales; embeddings and LM head stay bf16
-        unquantized = 2 * shape.vocab * shape.hidden
-        weights = (shape.params - unquantized) * NF4_BYTES_PER_PARAM + unquantized * 2.0
-    else:
-        weights = shape.params * 2.0
-    lora_state = shape.lora_params * 16  # fp32 weights, grads, two Adam moments
-    scale = (shape.hidden * shape.layers) / (1536 * 28)  # activations grow with width x depth
-    acts = micro_batch_tokens * ACT_MB_PER_TOKEN[checkpointing] * 1e6 * scale
-    return (weights + lora_state + acts) / GB + 1.5  # CUDA context, allocator slack
-
-
-def training_seconds(total_tokens: float, layout, quant: str, compiled: bool, gpu_name: str) -> float:
+def training_seconds(total_tokens: float, layout: Layout, quant: str, compiled: bool, gpu_name: str) -> float:
     """Optimizer steps x micro-batches per step x the longer of the host's launch time and the GPU's time for
     the micro-batch's tokens, scaled from the measured card by relative speed. Several GPUs share a step's
     sequences, so with the recipe's 16 a step the host, not the tokens, sets each GPU's time."""
@@ -171,40 +123,23 @@ def gpu_speed(gpu_name: str) -> float:
 def make_plan(
     settings: Settings,
     config: dict,
+    recipe: Recipe,
     free_gb: float,
     gpu_name: str = "",
-    gpu_mem_gb: float = 0.0,
     train_tokens: int | None = None,
     base_on_disk_outside_work: bool = False,
     gguf_bytes: dict[str, int] | None = None,
-    processes: int = 1,
 ) -> Plan:
     """The whole job's disk, VRAM, time and cost plan; adapts keep count and streaming to fit the budget."""
-    from r1ft.training.train import batch_layout, compiles
-
-    layout = batch_layout(settings, processes)
+    layout = recipe.layout
     shape = model_shape(config, settings.lora_r)
     micro_tokens = layout.per_device * settings.max_seq_len  # the worst case: every sequence at full length
-    bf16_ckpt = vram_peak_gb(shape, "none", True, micro_tokens)
-    if settings.quant != "auto":
-        quant = settings.quant
-    elif not gpu_mem_gb:
-        quant = "none"
-    else:
-        quant = "none" if bf16_ckpt <= 0.85 * gpu_mem_gb else "nf4"
-    no_ckpt = vram_peak_gb(shape, quant, False, micro_tokens)
-    if settings.gradient_checkpointing == "auto":
-        # Unknown card (a laptop planning a rental): size for checkpointing, which r1ft applies per batch
-        # only where memory needs it.
-        checkpointing = no_ckpt > 0.85 * gpu_mem_gb if gpu_mem_gb else not settings.is_tiny
-    else:
-        checkpointing = settings.gradient_checkpointing == "true"
-    vram = vram_peak_gb(shape, quant, checkpointing, micro_tokens)
+    vram = vram_peak_gb(shape, recipe.quant, recipe.sized_checkpointed, micro_tokens)
 
     dtype = str(config.get("dtype") or config.get("torch_dtype") or "bfloat16")
     base_gb = 0.0 if base_on_disk_outside_work else shape.params * (4 if dtype == "float32" else 2) / GB
     merged_gb = shape.params * 2 / GB
-    ckpt = checkpoint_gb(shape, quant)
+    ckpt = checkpoint_gb(shape, recipe.optimizer)
     if settings.mathcodeinstruct_source in ("builtin", "none"):
         examples = 60
     else:
@@ -257,7 +192,7 @@ def make_plan(
         )
     if total > settings.disk_budget_gb:
         problems.append(
-            f"the job needs about {size(total).strip()} but R1FT_DISK_BUDGET_GB is {settings.disk_budget_gb:g}: "
+            f"the job needs about {format_gb(total)} but R1FT_DISK_BUDGET_GB is {settings.disk_budget_gb:g}: "
             f"raise the budget (and the instance disk) to at least {_round_up(minimum):g} GB"
         )
     if total + settings.disk_free_floor_gb > free_gb + 1e-9:
@@ -270,8 +205,7 @@ def make_plan(
         total_tokens = tokens * epochs
     else:
         total_tokens = settings.max_steps * settings.global_batch * MEAN_TOKENS_PER_EXAMPLE
-    # No card known: a laptop planning a rental (planned as an H100), or the smoke preset on this CPU.
-    compiled = compiles(settings, "cuda" if gpu_mem_gb or not settings.is_tiny else "cpu", gpu_mem_gb or 80.0)
+    quant, compiled = recipe.quant, recipe.compiled
     warmup = COMPILE_WARMUP_S if compiled else 0
     seconds = training_seconds(total_tokens, layout, quant, compiled, gpu_name)
     hours = (seconds + warmup) / 3600
@@ -281,6 +215,7 @@ def make_plan(
             training_seconds(total_tokens, batch_layout(settings, 1), quant, compiled, gpu_name) + warmup
         ) / 3600
     return Plan(
+        recipe=recipe,
         disk_items=items,
         disk_peak_gb=_round_up(total),
         minimum_gb=_round_up(minimum),
@@ -290,16 +225,12 @@ def make_plan(
         adaptations=adaptations,
         keep_checkpoints=keep,
         stream_merged=stream,
-        quant=quant,
-        checkpointing=checkpointing,
-        compiled=compiled,
         vram_peak_gb=round(vram, 1),
         min_gpu_ram_gb=round(vram_peak_gb(shape, "nf4", True, micro_tokens), 1),
         train_tokens=int(total_tokens),
         train_hours=round(hours, 2),
         cost_usd=round(hours * settings.gpu_hourly_usd, 2),
         problems=problems,
-        layout={"per_device": layout.per_device, "accum": layout.accum, "processes": layout.processes},
         learning_rate=settings.learning_rate,
         one_gpu_hours=round(one_gpu, 2),
     )
@@ -310,9 +241,7 @@ def _round_up(gb: float) -> float:
     return math.ceil(gb * 1000) / 1000
 
 
-def size(gb: float) -> str:
-    """A size in GB or, below one GB, in MB."""
-    return f"{gb:8.2f} GB" if gb >= 1 or gb == 0 else f"{gb * 1000:8.1f} MB"
+_CHECKPOINTING = {"off": "off", "all": "on", "adaptive": "only where a batch needs it"}
 
 
 def render_plan(plan: Plan, gpu_name: str = "") -> str:
@@ -320,33 +249,32 @@ def render_plan(plan: Plan, gpu_name: str = "") -> str:
     lines = ["Plan", "  disk (work dir):"]
     for item in plan.disk_items:
         note = f"  ({item.note})" if item.note else ""
-        lines.append(f"    {item.name:<44} {size(item.gb)}{note}")
+        lines.append(f"    {item.name:<44} {format_gb(item.gb):>10}{note}")
     lines.append(
-        f"    {'expected peak':<44} {size(plan.disk_peak_gb)} of {plan.disk_budget_gb:g} GB budget, "
+        f"    {'expected peak':<44} {format_gb(plan.disk_peak_gb):>10} of {plan.disk_budget_gb:g} GB budget, "
         f"{plan.free_gb:g} GB free"
     )
     for a in plan.adaptations:
         lines.append(f"    adapted: {a}")
+    r = plan.recipe
     lines.append(
-        f"  base weights: {'4-bit NF4' if plan.quant == 'nf4' else 'bf16'}; gradient checkpointing "
-        f"{'on' if plan.checkpointing else 'off'}; torch.compile "
-        f"{'on (about 2 min before the first step)' if plan.compiled else 'off'}; "
+        f"  base weights: {r.base_precision}; optimizer {r.optimizer}; gradient checkpointing "
+        f"{_CHECKPOINTING[r.checkpointing]}; torch.compile "
+        f"{'on (about 2 min before the first step)' if r.compiled else 'off'}; "
         f"predicted peak VRAM {plan.vram_peak_gb:g} GB"
         + (
             " at the longest batch with every layer checkpointed (a card with room keeps more activations)"
-            if plan.checkpointing
+            if r.sized_checkpointed
             else ""
         )
     )
-    if plan.layout:
-        lay = plan.layout
-        total = lay["per_device"] * lay["accum"] * lay["processes"]
-        lines.append(
-            f"  batch: {total} sequences per optimizer step = {lay['per_device']} per device x {lay['accum']} "
-            f"accumulation x {lay['processes']} process(es); learning rate {plan.learning_rate:g} "
-            "(never rescaled with the batch: set R1FT_LEARNING_RATE yourself if you change R1FT_GLOBAL_BATCH)"
-        )
-    procs = plan.layout.get("processes", 1) if plan.layout else 1
+    lay = r.layout
+    lines.append(
+        f"  batch: {lay.global_batch} sequences per optimizer step = {lay.per_device} per device x {lay.accum} "
+        f"accumulation x {lay.processes} process(es); learning rate {plan.learning_rate:g} "
+        "(never rescaled with the batch: set R1FT_LEARNING_RATE yourself if you change R1FT_GLOBAL_BATCH)"
+    )
+    procs = lay.processes
     card = gpu_name or "H100"
     where = f" on {procs} x {card}" if procs > 1 else f" on one {card}"
     cost = f", about ${plan.cost_usd:.2f}" if plan.cost_usd else ""
@@ -354,7 +282,7 @@ def render_plan(plan: Plan, gpu_name: str = "") -> str:
         f"  training: about {plan.train_tokens / 1e6:.1f}M tokens, {plan.train_hours:.2f} h{where}{cost}"
     )
     if procs > 1 and plan.one_gpu_hours and plan.one_gpu_hours < 1.25 * plan.train_hours:
-        total = plan.layout["per_device"] * plan.layout["accum"] * procs
+        total = lay.global_batch
         lines.append(
             f"  note: {plan.one_gpu_hours:.2f} h on one of these GPUs: at {total} sequences a step each GPU's "
             "share is too small to shorten a step (the host, not the GPU, sets its pace), so "
@@ -369,8 +297,6 @@ def render_plan(plan: Plan, gpu_name: str = "") -> str:
 
 def config_for(settings: Settings, base_path: Path | None = None) -> dict:
     """The base model's config: the local one when present, else the shipped real config."""
-    from r1ft.model.tiny import TINY_SHAPE, base_config
-
     if base_path is not None and (Path(base_path) / "config.json").is_file():
         return json.loads((Path(base_path) / "config.json").read_text())
     if settings.is_tiny:
@@ -378,13 +304,12 @@ def config_for(settings: Settings, base_path: Path | None = None) -> dict:
     return base_config()
 
 
-def plan_for(settings: Settings, gpu_name: str = "", gpu_mem_gb: float = 0.0, processes: int = 1) -> Plan:
-    """The plan for these settings on this machine: the one `r1ft plan` prints and `r1ft run` enforces.
+def plan_for(settings: Settings, hw: Hardware, processes: int = 1) -> Plan:
+    """The recipe and plan for these settings on this machine: the ones `r1ft plan` prints and `r1ft run`
+    trains with.
 
     Space the work dir already uses (a cached base model, a previous attempt) counts as available to the job,
     and a local base model outside the work dir costs nothing."""
-    from r1ft.checkpoints.watchdog import GB, dir_bytes, free_bytes
-
     work = Path(settings.work_dir)
     local_base = (
         Path(settings.base_model) if not settings.is_tiny and Path(settings.base_model).exists() else None
@@ -393,19 +318,16 @@ def plan_for(settings: Settings, gpu_name: str = "", gpu_mem_gb: float = 0.0, pr
     used_gb = dir_bytes(work) / GB if work.exists() else 0.0
     gguf_bytes = {}
     if settings.gguf_types:
-        from r1ft.export.gguf import estimate_gguf_bytes
-
         n = model_shape(config, settings.lora_r).params
         gguf_bytes = {t: estimate_gguf_bytes(n, t) for t in settings.gguf_types}
     return make_plan(
         settings,
         config,
+        make_recipe(settings, hw, processes, config),
         free_gb=free_bytes(work) / GB + used_gb,
-        gpu_name=gpu_name,
-        gpu_mem_gb=gpu_mem_gb,
+        gpu_name=hw.gpu_name,
         base_on_disk_outside_work=local_base is not None and not _inside(local_base, work),
         gguf_bytes=gguf_bytes,
-        processes=processes,
     )
 
 

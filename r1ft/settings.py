@@ -1,6 +1,11 @@
 """Settings: parsed once, at the edge, from `R1FT_*` env vars (plus `HF_TOKEN`, `AWS_*`, Vast's
 variables) and an optional `.env` file; validated, frozen, passed down.
 
+pydantic-settings does the reading: the `R1FT_` prefix, the standard names as aliases, the `.env` file
+(the process environment wins over it), and the preset's values as the lowest-priority source (an explicit
+variable always wins). r1ft adds what the library does not: every problem reported at once with its fix,
+and an unknown `R1FT_*` name reported as an error with the closest valid name.
+
 Nothing below this module reads `os.environ`. This module must stay light: it is imported before
 torch so that `r1ft plan` with bad settings answers in well under a second.
 """
@@ -12,16 +17,27 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+
+from r1ft.export.gguf_types import SUPPORTED_GGUF_TYPES
+from r1ft.model.tiny import TINY_MODEL
+from r1ft.validation import cross_checks
 
 PREFIX = "R1FT_"
 BASE_MODEL_ID = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 BASE_MODEL_REVISION = "ad9f0ae0864d7fbcd1cd905e3c6c5b069cc8b562"
-TINY_MODEL = "tiny"  # the embedded random-weight Qwen2 of the smoke preset
 
 # Preset defaults. A value the user sets explicitly always wins over the preset's.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -66,11 +82,14 @@ class Settings(BaseSettings):
         extra="ignore",
         case_sensitive=False,
         populate_by_name=True,
+        env_ignore_empty=True,  # VAR= (as docker --env-file writes an unset value) means unset
     )
 
     # --- job -------------------------------------------------------------------------------------
     preset: Literal["full", "smoke"] = Field(
-        "full", description="full = the real recipe; smoke = embedded tiny model and samples, CPU, minutes"
+        "full",
+        json_schema_extra={"section": "job"},
+        description="full = the real recipe; smoke = embedded tiny model and samples, CPU, minutes",
     )
     output: str = Field(
         "",
@@ -100,7 +119,9 @@ class Settings(BaseSettings):
 
     # --- model and recipe -------------------------------------------------------------------------
     base_model: str = Field(
-        BASE_MODEL_ID, description="Hub id or local path of the base model ('tiny': embedded)"
+        BASE_MODEL_ID,
+        json_schema_extra={"section": "model and recipe"},
+        description="Hub id or local path of the base model ('tiny': embedded)",
     )
     base_revision: str = Field(BASE_MODEL_REVISION, description="pinned Hub revision of the base model")
     quant: Literal["auto", "nf4", "none"] = Field(
@@ -146,7 +167,9 @@ class Settings(BaseSettings):
 
     # --- data -------------------------------------------------------------------------------------
     mathcodeinstruct_source: str = Field(
-        "MathLLMs/MathCodeInstruct", description="Hub dataset id, local file/glob/dir, builtin, or none"
+        "MathLLMs/MathCodeInstruct",
+        json_schema_extra={"section": "data"},
+        description="Hub dataset id, local file/glob/dir, builtin, or none",
     )
     scibench_source: str = Field(
         "xw27/scibench", description="Hub dataset id, local file/glob/dir, builtin, or none"
@@ -173,7 +196,12 @@ class Settings(BaseSettings):
     )
 
     # --- evaluation -------------------------------------------------------------------------------
-    eval_samples: int = Field(200, ge=0, description="held-out eval examples scored by generation (0: skip)")
+    eval_samples: int = Field(
+        200,
+        ge=0,
+        json_schema_extra={"section": "evaluation"},
+        description="held-out eval examples scored by generation (0: skip)",
+    )
     eval_scibench_samples: int = Field(200, ge=0, description="SciBench test problems scored (0: skip)")
     eval_max_new_tokens: int = Field(2048, gt=0, description="generation length for scoring")
     eval_batch_size: int = Field(64, gt=0, description="generation batch size")
@@ -197,14 +225,18 @@ class Settings(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings):  # fmt: skip
-        # load_settings() hands over the one environment mapping (process env over .env file) explicitly,
-        # so tests and the CLI parse exactly what they pass; nothing else is read behind their back.
-        return (init_settings,)
+        # Highest priority first: explicit values, the environment, the .env file, then the preset's values.
+        env = _Environment(settings_cls)
+        return (
+            init_settings,
+            env,
+            dotenv_settings,
+            _PresetSource(settings_cls, (init_settings, env, dotenv_settings)),
+        )
 
     @field_validator("gguf")
     @classmethod
     def _gguf_types(cls, v: str) -> str:
-        from r1ft.export.gguf_types import SUPPORTED_GGUF_TYPES
 
         types = [t.strip().lower() for t in v.split(",") if t.strip()]
         bad = [t for t in types if t not in SUPPORTED_GGUF_TYPES]
@@ -231,9 +263,11 @@ class Settings(BaseSettings):
         return [t for t in self.gguf.split(",") if t]
 
     def public_dict(self) -> dict[str, Any]:
-        """Settings as JSON-safe data, secrets left out (only whether they are set)."""
-        data = self.model_dump(mode="json", exclude=set(SECRET_FIELDS))
-        data["secrets_set"] = sorted(name for name in SECRET_FIELDS if getattr(self, name) is not None)
+        """Settings as JSON-safe data, published with the run: secrets and credential identifiers (the AWS
+        access key id) left out, only whether they are set."""
+        hidden = {*SECRET_FIELDS, *CREDENTIAL_IDS}
+        data = self.model_dump(mode="json", exclude=hidden)
+        data["secrets_set"] = sorted(name for name in hidden if getattr(self, name) is not None)
         return data
 
     def resolved_run_id(self, data_fingerprint: str = "") -> str:
@@ -246,6 +280,7 @@ class Settings(BaseSettings):
 
 
 SECRET_FIELDS = ("hf_token", "aws_secret_access_key", "aws_session_token", "container_api_key")
+CREDENTIAL_IDS = ("aws_access_key_id",)  # not secret, but they name an account: never published
 # Settings whose change makes a different training run (the resume key is derived from these).
 RUN_SHAPING_FIELDS = {
     "preset", "base_model", "base_revision", "quant", "epochs", "max_steps", "learning_rate", "lr_scheduler",
@@ -255,27 +290,67 @@ RUN_SHAPING_FIELDS = {
 }  # fmt: skip
 
 
-def _field_env_names() -> dict[str, str]:
-    """Env var name -> field name, for every prefixed field."""
-    return {f"{PREFIX}{name.upper()}": name for name in Settings.model_fields if name not in _ALIASED}
+# The variables the environment may set, derived from the fields: R1FT_<NAME>, or a field's own aliases.
+def env_names() -> dict[str, str]:
+    """Every environment variable name a setting is read from -> the field's name."""
+    names = {}
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if alias is None:
+            names[f"{PREFIX}{field.upper()}"] = field
+        else:
+            for name in alias.choices if isinstance(alias, AliasChoices) else [alias]:
+                names[str(name)] = field
+    return names
 
 
-_ALIASED = {
-    "hf_token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_region",
-    "aws_endpoint_url", "container_id", "container_api_key", "vast_url",
-}  # fmt: skip
+def _prefixed_field(field: str) -> bool:
+    return Settings.model_fields[field].validation_alias is None
+
+
+# The environment being parsed: os.environ, or the mapping a caller (a test) hands to load_settings.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("r1ft_settings_environ", default=None)
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source, reading the mapping load_settings was given."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        environ = _ENVIRON.get()
+        source = os.environ if environ is None else environ
+        return parse_env_vars(source, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+class _PresetSource(PydanticBaseSettingsSource):
+    """The chosen preset's values, below every other source: an explicit variable always wins."""
+
+    def __init__(self, settings_cls: type[BaseSettings], above: tuple[PydanticBaseSettingsSource, ...]):
+        super().__init__(settings_cls)
+        self.above = above
+
+    def get_field_value(self, field, field_name: str):  # unused: __call__ answers for every field
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        preset = "full"
+        for source in self.above:
+            value = source().get("preset")
+            if value is not None:
+                preset = str(value).strip().lower()
+                break
+        return dict(PRESETS.get(preset, {}))
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """The `.env` file's variables (python-dotenv's parser)."""
+    """The `.env` file's variables (python-dotenv's parser, as pydantic-settings uses it)."""
     from dotenv import dotenv_values
 
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
-def unknown_names(env: dict[str, str]) -> list[str]:
+def unknown_names(env: Mapping[str, str]) -> list[str]:
     """A problem line for every `R1FT_*` name that is not a setting, with the closest valid name."""
-    known = _field_env_names()
+    known = [name for name in env_names() if name.startswith(PREFIX)]
     problems = []
     for name in sorted(env):
         upper = name.upper()
@@ -286,155 +361,72 @@ def unknown_names(env: dict[str, str]) -> list[str]:
     return problems
 
 
-def _preset_name(env: dict[str, str]) -> str:
-    for k, v in env.items():
-        if k.upper() == f"{PREFIX}PRESET":
-            return v.strip().lower()
-    return "full"
-
-
-def _field_problems(err: ValidationError) -> list[str]:
-    env_names = {v: k for k, v in _field_env_names().items()}
-    lines = []
+def _field_problems(err: ValidationError) -> tuple[list[str], set[str]]:
+    """One line per invalid field, naming its variable, the value (never a secret's) and what it is; and
+    the fields that failed."""
+    by_name = {}
+    for env_name, field in env_names().items():
+        by_name.setdefault(field, env_name)
+    lines, failed = [], set()
     for e in err.errors():
-        field = str(e["loc"][0]) if e["loc"] else "?"
-        name = env_names.get(field, field.upper())
+        key = str(e["loc"][0]) if e["loc"] else "?"
+        field = key if key in Settings.model_fields else env_names().get(key, key)
+        failed.add(field)
         value = e.get("input")
         shown = "" if field in SECRET_FIELDS or isinstance(value, dict) else f" (got {value!r})"
         info = Settings.model_fields.get(field)
         what = f"; it is {info.description}" if info is not None and info.description else ""
-        lines.append(f"{name}: {e['msg']}{shown}{what}")
-    return lines
+        lines.append(f"{by_name.get(field, key)}: {e['msg']}{shown}{what}")
+    return lines, failed
 
 
-def cross_checks(s: Settings) -> list[str]:
-    """Problems that involve several settings, each with its fix."""
-    problems = []
-    out = s.output.strip()
-    if out.startswith("hf://"):
-        repo = out[5:].split("@")[0]
-        if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
-            problems.append(f"R1FT_OUTPUT: {out!r} is not hf://owner/name[@revision]")
-        if s.hf_token is None:
-            problems.append(
-                "R1FT_OUTPUT is a Hub repo but HF_TOKEN is not set: set HF_TOKEN to a write token"
-            )
-    elif out.startswith("s3://"):
-        if not out[5:].split("/")[0]:
-            problems.append(f"R1FT_OUTPUT: {out!r} has no bucket; use s3://bucket/prefix")
-        if not s.aws_access_key_id or s.aws_secret_access_key is None:
-            problems.append(
-                "R1FT_OUTPUT is S3 but AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not both set: set them "
-                "(and AWS_ENDPOINT_URL for R2, MinIO, Backblaze...)"
-            )
-    elif re.match(r"^[a-z][a-z0-9+.-]*://", out) and not out.startswith("file://"):
-        problems.append(f"R1FT_OUTPUT: unknown scheme in {out!r}; use hf://, s3://, file:// or a path")
-    if s.batch_size and s.grad_accum and s.num_processes:
-        product = s.batch_size * s.grad_accum * s.num_processes
-        if product != s.global_batch and "global_batch" in s.model_fields_set:
-            problems.append(
-                f"R1FT_BATCH_SIZE x R1FT_GRAD_ACCUM x R1FT_NUM_PROCESSES = {product} but R1FT_GLOBAL_BATCH = "
-                f"{s.global_batch}: set only two of them"
-            )
-    problems += _location_problems(s)
-    if s.is_tiny and s.quant == "nf4":
-        problems.append(
-            "R1FT_QUANT=nf4 needs a CUDA GPU and a real base model; the tiny model trains in bf16/fp32"
-        )
-    if s.save_total_limit < 1:
-        problems.append("R1FT_SAVE_TOTAL_LIMIT must keep at least one checkpoint")
-    if s.lora_alpha <= 0:
-        problems.append("R1FT_LORA_ALPHA must be positive")
-    return problems
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = Path(".env"),
+    *,
+    env_file_required: bool = False,
+) -> Settings:
+    """Parse and validate every setting at once; raise SettingsError listing every problem with its fix.
 
-
-def _looks_like_path(value: str) -> bool:
-    return (
-        value.startswith(("/", "./", "../", "~", "file://"))
-        or value.endswith((".json", ".jsonl", ".parquet"))
-        or any(c in value for c in "*?[")
-    )
-
-
-def _location_problems(s: Settings) -> list[str]:
-    """A base model or data source that names a local path must exist; anything else must be a Hub id."""
-    import glob
-
-    problems = []
-    checks = [("R1FT_BASE_MODEL", s.base_model, {TINY_MODEL}),
-              ("R1FT_MATHCODEINSTRUCT_SOURCE", s.mathcodeinstruct_source, {"builtin", "none"}),
-              ("R1FT_SCIBENCH_SOURCE", s.scibench_source, {"builtin", "none"})]  # fmt: skip
-    for name, value, keywords in checks:
-        if value in keywords or glob.glob(os.path.expanduser(value.removeprefix("file://"))):
-            continue  # a keyword, or a local path that exists (relative ones too)
-        if _looks_like_path(value):
-            path = os.path.expanduser(value.removeprefix("file://"))
-            if not glob.glob(path):
-                problems.append(
-                    f"{name}={value!r}: no such file or directory; fix the path (or give a Hub id)"
-                )
-        elif not re.fullmatch(r"[\w.-]+/[\w.-]+", value):
-            also = " or ".join(repr(k) for k in sorted(keywords))
-            problems.append(
-                f"{name}={value!r} is neither a Hub id (owner/name), an existing local path, nor {also}"
-            )
-    return problems
-
-
-def load_settings(environ: dict[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
-    """Parse and validate every setting at once; raise SettingsError listing every problem with its fix."""
+    `environ` defaults to the process environment; `env_file` is read when it exists (a missing one is an
+    error when `env_file_required`, i.e. the user named it). The process environment wins over the file.
+    """
     env = dict(os.environ if environ is None else environ)
-    if env_file is not None and env_file.is_file():
-        env = {**read_env_file(env_file), **env}  # the process environment wins over the file
-    problems = unknown_names(env)
-    preset = _preset_name(env)
-    defaults = PRESETS.get(preset, {})
-    explicit = {f"{PREFIX}{k.upper()}" for k in defaults} & {k.upper() for k in env}
-    init = {k: v for k, v in defaults.items() if f"{PREFIX}{k.upper()}" not in explicit}
-    settings = None
+    problems = []
+    file_values: dict[str, str] = {}
+    if env_file is not None:
+        if Path(env_file).is_file():
+            file_values = read_env_file(Path(env_file))
+        elif env_file_required:
+            problems.append(f"--env-file {env_file}: no such file; fix the path (or leave --env-file out)")
+    problems += unknown_names({**file_values, **env})
+    token = _ENVIRON.set(env)
     try:
-        settings = _build(env, init)
-    except ValidationError as err:
-        problems += _field_problems(err)
+        settings, failed = _build(env_file if file_values else None, {})
+        if settings is None:
+            field_lines, failed_fields = failed
+            problems += field_lines
+            # The cross-field checks still run, on the valid fields, with the invalid ones at their defaults.
+            defaults = {
+                f: Settings.model_fields[f].default for f in failed_fields if f in Settings.model_fields
+            }
+            settings, _ = _build(env_file if file_values else None, defaults)
+    finally:
+        _ENVIRON.reset(token)
     if settings is not None:
-        problems += cross_checks(settings)
-    elif any(k.upper() == "R1FT_OUTPUT" for k in env):
-        # Still report the destination's own problems when other fields failed.
-        partial = _build_partial(env, init)
-        if partial is not None:
-            problems += cross_checks(partial)
+        problems += [p for p in cross_checks(settings) if p not in problems]
     if problems:
         raise SettingsError(problems)
     assert settings is not None
     return settings
 
 
-def _build(env: dict[str, str], init: dict[str, Any]) -> Settings:
-    """Settings from an explicit env mapping (not os.environ), preset values as lowest-priority init."""
-    normalized = {k.upper(): v for k, v in env.items()}
-    values: dict[str, Any] = dict(init)
-    known = _field_env_names()
-    for env_name, field in known.items():
-        if env_name in normalized:
-            values[field] = normalized[env_name]
-    for field in _ALIASED:
-        alias = Settings.model_fields[field].validation_alias
-        names = alias.choices if isinstance(alias, AliasChoices) else [alias]
-        for n in names:
-            if isinstance(n, str) and n in normalized and normalized[n] != "":
-                values[field] = normalized[n]
-                break
-    return Settings.model_validate(values)
-
-
-def _build_partial(env: dict[str, str], init: dict[str, Any]) -> Settings | None:
-    """Settings with the invalid fields left at their defaults, for the cross-field checks."""
-    normalized = {k.upper(): v for k, v in env.items()}
-    keep = {k: v for k, v in normalized.items() if not k.startswith(PREFIX) or k == f"{PREFIX}OUTPUT"}
+def _build(env_file: Path | None, overrides: dict[str, Any]) -> tuple[Settings | None, Any]:
+    """Settings from the sources; (None, (problem lines, failed fields)) when a field is invalid."""
     try:
-        return _build(keep, init)
-    except ValidationError:
-        return None
+        return Settings(_env_file=env_file, **overrides), None
+    except ValidationError as err:
+        return None, _field_problems(err)
 
 
 def env_example_text() -> str:
@@ -448,9 +440,9 @@ def env_example_text() -> str:
     ]
     section = ""
     for name, info in Settings.model_fields.items():
-        if name in _ALIASED:
+        if not _prefixed_field(name):
             continue
-        group = _SECTION.get(name, section)
+        group = (info.json_schema_extra or {}).get("section", section)
         if group != section:
             section = group
             lines += ["", f"# --- {section} ---"]
@@ -475,11 +467,3 @@ def env_example_text() -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-_SECTION = {
-    "preset": "job",
-    "base_model": "model and recipe",
-    "mathcodeinstruct_source": "data",
-    "eval_samples": "evaluation",
-}

@@ -82,7 +82,7 @@ def micro(
     (the first run warms up, and compiles where the cache is static), the second is timed."""
     import torch
 
-    from r1ft.evaluation.run import generate, load_for_generation, release_memory
+    from r1ft.evaluation.generate import generate, load_for_generation, release_memory
 
     model, tokenizer = load_for_generation(model_dir)
     rows = []
@@ -122,9 +122,9 @@ def main() -> None:
     p.add_argument("--sdpa-cudnn", action="store_true", help="let SDPA pick cuDNN attention (off by default)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    import r1ft.evaluation.run
+    import r1ft.evaluation.generate
 
-    r1ft.evaluation.run.SDPA_SKIP_CUDNN = not args.sdpa_cudnn
+    r1ft.evaluation.generate.SDPA_SKIP_CUDNN = not args.sdpa_cudnn
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model_dir = build_full_size(Path("/tmp/r1ft-bench/full"))
@@ -141,7 +141,8 @@ def main() -> None:
 
 def run_e2e(args, model_dir: Path, sci: list[dict]) -> None:
     """evaluate_run end to end (the same model stands for base and fine-tune)."""
-    from r1ft.evaluation.run import evaluate_run, evaluation_markdown
+    from r1ft.evaluation.run import evaluate_run
+    from r1ft.report.card import evaluation_section as evaluation_markdown
 
     s = SimpleNamespace(seed=42, eval_samples=args.eval_samples, eval_scibench_samples=args.scibench_samples,
                         eval_batch_size=args.batch_size, eval_max_new_tokens=args.max_new_tokens,

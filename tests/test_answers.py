@@ -13,13 +13,15 @@ from r1ft.tasks.answers import (
     extract_answer,
     last_boxed,
     parse_number,
+    wilson_interval,
+)
+from r1ft.tasks.scibench import (
     scibench_boxed,
     scibench_correct,
     scibench_correct_lenient,
     scibench_gold,
     scibench_prompt_unit,
     scibench_unit_exponent,
-    wilson_interval,
 )
 
 LAST_BOXED = [

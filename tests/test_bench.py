@@ -11,6 +11,7 @@ import pytest
 
 from r1ft.bench import lengths as benchdata
 from r1ft.bench import training as bench
+from r1ft.bench import training_report, variants
 from r1ft.model.tiny import base_config
 from r1ft.settings import load_settings
 
@@ -80,16 +81,16 @@ def test_two_processes_with_the_global_batch_train_like_one(tmp_path, capsys):
 
 
 def test_scaling_variants_for_several_gpu_counts():
-    names = [v.name for v in bench.multi_gpu_variants(bench.gpu_counts("4,2"))]
+    names = [v.name for v in variants.multi_gpu_variants(variants.gpu_counts("4,2"))]
     assert names == ["c", "c_strong2", "c_weak2", "c_strong4", "c_weak4"]
-    weak4 = bench.multi_gpu_variants([4])[-1]
+    weak4 = variants.multi_gpu_variants([4])[-1]
     assert weak4.gpus == 4 and weak4.env["R1FT_GLOBAL_BATCH"] == "64"
     chosen = bench.choose_variants(
         {"gpus": [2], "variants": ["a", "c", "c_weak2"], "tiny": False, "profile": ""}
     )
     assert [(v.name, v.gpus) for v in chosen] == [("a", 1), ("c", 1), ("c_weak2", 2)]
     with pytest.raises(SystemExit, match="GPU counts"):
-        bench.gpu_counts("two")
+        variants.gpu_counts("two")
 
 
 def test_failed_variant_reports_its_last_lines_without_progress_bars():
@@ -104,7 +105,7 @@ def test_unknown_variant_is_refused(tmp_path, capsys):
 
 
 def test_every_variant_sees_a_prefix_of_the_same_sequences():
-    typical = bench.Variant("x", "x")
+    typical = variants.Variant("x", "x")
     short = bench.sequences(typical, 2, tiny=False, vocab=151936, max_len=2048, seed=7)
     long = bench.sequences(typical, 5, tiny=False, vocab=151936, max_len=2048, seed=7)
     assert len(short) == 32 and long[:32] == short
@@ -112,13 +113,13 @@ def test_every_variant_sees_a_prefix_of_the_same_sequences():
         n_prompt = row["labels"].count(-100)
         assert 0 < n_prompt < len(row["input_ids"]) <= 2048
         assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
-    worst = bench.sequences(bench.Variant("w", "w", data="worst"), 1, False, 151936, 2048, 7)
+    worst = bench.sequences(variants.Variant("w", "w", data="worst"), 1, False, 151936, 2048, 7)
     assert {len(r["input_ids"]) for r in worst} == {2048}
 
 
 def test_flops_and_summary():
     cfg = base_config()
-    flops = bench.model_flops(cfg, 16, [(400, 500)])
+    flops = training_report.model_flops(cfg, 16, [(400, 500)])
     n_layers = 28 * (1536 * 1536 * 2 + 2 * 1536 * 256 + 1536 + 2 * 256 + 3 * 1536 * 8960 + 2 * 1536)
     assert 4 * n_layers * 500 < flops < 1.1 * 4 * n_layers * 500 + 4 * 151936 * 1536 * 400
     result = {
@@ -130,20 +131,23 @@ def test_flops_and_summary():
         "seq_lengths": [(80, 100)] * 6,
         "profiled_steps": [4, 6],
     }
-    s = bench.summarize(result, cfg, 16, "NVIDIA H100 80GB HBM3", mean_tokens=450.0)
+    s = training_report.summarize(result, cfg, 16, "NVIDIA H100 80GB HBM3", mean_tokens=450.0)
     assert s["s_per_step"] == 2.0 and s["tokens_per_s"] == pytest.approx(50.0)  # warm-up and profile left out
     assert s["peak_gib"] == 3.0
-    assert s["mfu"] == pytest.approx(3 * bench.model_flops(cfg, 16, [(80, 100)]) / 6.0 / 989.4e12)
+    assert s["mfu"] == pytest.approx(3 * training_report.model_flops(cfg, 16, [(80, 100)]) / 6.0 / 989.4e12)
     assert s["full_recipe_h"] == pytest.approx(3 * 22_500 * 450 / 50 / 3600)
-    assert bench.peak_tflops("NVIDIA H100 PCIe") == 756.0 and bench.peak_tflops("weird card") is None
+    assert (
+        training_report.peak_tflops("NVIDIA H100 PCIe") == 756.0
+        and training_report.peak_tflops("weird card") is None
+    )
 
 
 def test_loss_check_tolerance():
-    ok = bench.loss_check({"a": {"losses": [10.0, 9.0]}, "b": {"losses": [10.1, 9.1]}})
+    ok = training_report.loss_check({"a": {"losses": [10.0, 9.0]}, "b": {"losses": [10.1, 9.1]}})
     assert ok["passed"] and ok["max_rel_diff"] == pytest.approx(0.0111, abs=1e-3)
-    bad = bench.loss_check({"a": {"losses": [10.0, 9.0]}, "b": {"losses": [10.0, 8.0]}})
+    bad = training_report.loss_check({"a": {"losses": [10.0, 9.0]}, "b": {"losses": [10.0, 8.0]}})
     assert bad["passed"] is False
-    assert bench.loss_check({"a": {"losses": [1.0]}})["passed"] is None
+    assert training_report.loss_check({"a": {"losses": [1.0]}})["passed"] is None
 
 
 def test_several_gpus_launch_through_torchrun(tmp_path):
@@ -175,7 +179,7 @@ def test_length_table_is_derived_from_the_shared_sample(shared_data):
 
 def test_a_variants_library_switches_reach_its_worker_and_settings_do_not(monkeypatch):
     monkeypatch.delenv("R1FT_QUANT", raising=False)
-    cpp = next(v for v in bench.single_gpu_variants() if v.name == "c_cpp")
+    cpp = next(v for v in variants.single_gpu_variants() if v.name == "c_cpp")
     env = bench.worker_env(1, cpp.env)
     assert env["TORCHINDUCTOR_CPP_WRAPPER"] == "1"
     assert "R1FT_QUANT" not in env  # settings go through the spec, not the environment

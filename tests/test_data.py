@@ -13,8 +13,9 @@ from test_render import mci, sci  # the record builders (tests/ is on sys.path)
 from r1ft.chat import IGNORE_INDEX, tokenize_example
 from r1ft.data import mix
 from r1ft.data import prepare as data
-from r1ft.data.render import normalise_problem
-from r1ft.data.sources import builtin_dir, read_records
+from r1ft.data.sources import builtin_dir
+from r1ft.data.stats import DataStats
+from r1ft.records import normalise_problem, read_records
 from r1ft.settings import load_settings
 
 
@@ -60,16 +61,19 @@ def builtin(tmp_path_factory, tiny_tokenizer) -> data.PreparedData:
 
 
 def test_builtin_counts(builtin):
-    mci_stats, sci_stats = builtin.stats["sources"]["mathcodeinstruct"], builtin.stats["sources"]["scibench"]
+    mci_stats, sci_stats = (
+        builtin.stats.model_dump()["sources"]["mathcodeinstruct"],
+        builtin.stats.model_dump()["sources"]["scibench"],
+    )
     assert (mci_stats["records"], mci_stats["bad"], mci_stats["contaminated"]) == (24, {}, 1)
     assert mci_stats["duplicates"] == {"exact": 0, "problem": 1}
     assert (sci_stats["records"], sci_stats["solution_records"], sci_stats["test_records"]) == (14, 7, 7)
     assert sci_stats["duplicates"] == {"exact": 0, "problem": 1}
-    assert builtin.stats["dropped"] == {"contaminated": 1, "duplicate_problem": 2}
-    assert builtin.stats["contamination"] == {"test_problems": 7, "removed": 1, "leaked": 0}
+    assert builtin.stats.model_dump()["dropped"] == {"contaminated": 1, "duplicate_problem": 2}
+    assert builtin.stats.model_dump()["contamination"] == {"test_problems": 7, "removed": 1, "leaked": 0}
     assert len(builtin.train) + len(builtin.eval) == 22 + 6  # every sample fits the smoke length (512)
     assert len(builtin.eval) >= 1 and len(builtin.scibench_test) == 7
-    assert builtin.stats["cache_hit"] is False
+    assert builtin.stats.model_dump()["cache_hit"] is False
 
 
 def test_rows_are_the_chat_modules_tokenization(builtin, tiny_tokenizer):
@@ -109,8 +113,8 @@ def test_iter_rendered(builtin, tiny_tokenizer):
 
 
 def test_stats_are_json(builtin):
-    stats = data.data_stats(builtin)
-    assert json.loads(json.dumps(stats)) == stats
+    stats = json.loads(builtin.stats.model_dump_json())
+    assert DataStats.model_validate(stats) == builtin.stats  # report.json and the cache round-trip
     assert {"sources", "dropped", "counts", "tokens", "contamination", "fingerprint", "cache_hit"} <= set(
         stats
     )
@@ -142,8 +146,8 @@ def test_no_scibench_test_problem_reaches_train_or_eval(tmp_path, tiny_tokenizer
         scibench_source=sci_dir,
         eval_fraction=0.3,
     )
-    assert p.stats["contamination"]["removed"] == len(mains) + 2
-    assert p.stats["sources"]["mathcodeinstruct"]["contaminated"] == len(mains)
+    assert p.stats.model_dump()["contamination"]["removed"] == len(mains) + 2
+    assert p.stats.model_dump()["sources"]["mathcodeinstruct"]["contaminated"] == len(mains)
     test_keys = {normalise_problem(m["problem_text"]) for m in mains}
     for split in ("train", "eval"):
         for line in data.iter_rendered(p, tiny_tokenizer, split, None):
@@ -171,7 +175,7 @@ def test_duplicates_removed_and_counted(tmp_path, tiny_tokenizer):
         tiny_tokenizer,
         mathcodeinstruct_source=write_jsonl(tmp_path / "m.jsonl", [*base, again, other_solution, sol_copy]),
     )
-    s = p.stats["sources"]
+    s = p.stats.model_dump()["sources"]
     assert s["mathcodeinstruct"]["duplicates"] == {"exact": 1, "problem": 2}  # the SciBench solution wins
     assert s["scibench"]["duplicates"] == {"exact": 0, "problem": 1}
     ids = list(p.train["id"]) + list(p.eval["id"])
@@ -227,7 +231,7 @@ def test_draw_size_and_top_up(tmp_path, tiny_tokenizer):
         scibench_source="none",
         mathcodeinstruct_samples=25,
     )
-    s = p.stats["sources"]["mathcodeinstruct"]
+    s = p.stats.model_dump()["sources"]["mathcodeinstruct"]
     assert s["train"] + s["eval"] == 25  # too-long draws replaced by the next ones
     assert s["length"]["ok"] == 25 and s["length"]["too_long"] + s["length"]["not_drawn"] == 15
     assert len(p.train) + len(p.eval) == 25
@@ -244,15 +248,15 @@ def test_truncate_policy(tmp_path, tiny_tokenizer):
         length_policy="truncate",
         max_seq_len=160,
     )
-    s = p.stats["sources"]["mathcodeinstruct"]["length"]
+    s = p.stats.model_dump()["sources"]["mathcodeinstruct"]["length"]
     assert s["truncated"] >= 1 and s["too_long"] == 0
     for row in [*p.train, *p.eval]:
         assert len(row["input_ids"]) <= 160 and any(lab != IGNORE_INDEX for lab in row["labels"])
     dropped = prepare(
         tmp_path / "d", tiny_tokenizer, mathcodeinstruct_source=src, scibench_source="none", max_seq_len=160
     )
-    assert dropped.stats["sources"]["mathcodeinstruct"]["length"]["too_long"] >= 1
-    assert dropped.stats["dropped"]["too_long"] >= 1
+    assert dropped.stats.model_dump()["sources"]["mathcodeinstruct"]["length"]["too_long"] >= 1
+    assert dropped.stats.model_dump()["dropped"]["too_long"] >= 1
 
 
 @pytest.mark.parametrize(
@@ -295,7 +299,7 @@ def _builtin_examples() -> list[dict]:
 
 def test_scibench_upsampled_in_train_only(tmp_path, tiny_tokenizer):
     p = prepare(tmp_path, tiny_tokenizer, scibench_upsample=3, eval_fraction=0.4)
-    s = p.stats["sources"]["scibench"]
+    s = p.stats.model_dump()["sources"]["scibench"]
     train_ids = list(p.train["id"])
     sci_train = [i for i in train_ids if i.startswith("scibench-")]
     assert len(sci_train) == 3 * s["train"] == s["train_rows"] and len(set(sci_train)) == s["train"]
@@ -316,9 +320,9 @@ def test_bad_records_counted_and_tolerated(tmp_path, tiny_tokenizer):
     p = prepare(
         tmp_path, tiny_tokenizer, mathcodeinstruct_source=src, scibench_source="none", max_bad_fraction=0.1
     )
-    s = p.stats["sources"]["mathcodeinstruct"]
+    s = p.stats.model_dump()["sources"]["mathcodeinstruct"]
     assert s["records"] == 41 and s["bad"] == {"undecodable_text": 2, "no_final_answer": 1}
-    assert p.stats["dropped"]["bad:undecodable_text"] == 2
+    assert p.stats.model_dump()["dropped"]["bad:undecodable_text"] == 2
     assert s["bad_examples"][0].startswith(f"{src} record 6, field line 6: undecodable_text")
 
 
@@ -389,13 +393,13 @@ def test_local_formats_glob_dir_parquet_chat(tmp_path, tiny_tokenizer):
     write_jsonl(d / "sub" / "d.json", chat)  # JSON lines in a .json file, in a subdirectory
     (d / "notes.txt").write_text("not data")
     p = prepare(tmp_path, tiny_tokenizer, mathcodeinstruct_source=d, scibench_source="none")
-    s = p.stats["sources"]["mathcodeinstruct"]
+    s = p.stats.model_dump()["sources"]["mathcodeinstruct"]
     assert s["records"] == 12 and s["bad"] == {} and s["shapes"] == ["chat", "mathcodeinstruct"]
     assert set(p.train["source"]) | set(p.eval["source"]) == {"mathcodeinstruct", "chat"}
     g = prepare(
         tmp_path / "g", tiny_tokenizer, mathcodeinstruct_source=f"{d}/*.json*", scibench_source="none"
     )
-    assert g.stats["sources"]["mathcodeinstruct"]["records"] == 6
+    assert g.stats.model_dump()["sources"]["mathcodeinstruct"]["records"] == 6
 
 
 def test_scibench_single_sol_file_and_none(tmp_path, tiny_tokenizer):
@@ -405,8 +409,8 @@ def test_scibench_single_sol_file_and_none(tmp_path, tiny_tokenizer):
         mathcodeinstruct_source="none",
         scibench_source=builtin_dir() / "scibench" / "stat_sol.json",
     )
-    assert p.stats["sources"]["scibench"]["records"] == 2 and p.scibench_test == []
-    assert p.stats["sources"]["mathcodeinstruct"]["origin"] == "none"
+    assert p.stats.model_dump()["sources"]["scibench"]["records"] == 2 and p.scibench_test == []
+    assert p.stats.model_dump()["sources"]["mathcodeinstruct"]["origin"] == "none"
     with pytest.raises(data.DataError, match="nothing to train on"):
         prepare(tmp_path / "n", tiny_tokenizer, mathcodeinstruct_source="none", scibench_source="none")
 
@@ -494,9 +498,9 @@ def test_hub_source_downloads_into_the_work_dir(tmp_path, tiny_tokenizer, monkey
     )
     assert Path(call["cache_dir"]) == tmp_path / "work" / "hf_cache"
     assert "*stat_sol.json" in call["allow_patterns"]
-    s = p.stats["sources"]["scibench"]
+    s = p.stats.model_dump()["sources"]["scibench"]
     assert (s["origin"], s["revision"], s["records"]) == ("hub", "a" * 40, 14)
-    assert data.prepare_data(settings, tiny_tokenizer, tmp_path / "run").stats["cache_hit"]
+    assert data.prepare_data(settings, tiny_tokenizer, tmp_path / "run").stats.model_dump()["cache_hit"]
     assert len(calls) == 1  # the cache answered; no second download
 
 
@@ -509,15 +513,17 @@ def test_cache_reuse_and_invalidation(tmp_path, tiny_tokenizer):
     run = tmp_path / "run"
     first = data.prepare_data(settings, tiny_tokenizer, run)
     again = data.prepare_data(settings, tiny_tokenizer, run)
-    assert again.stats["cache_hit"] and not first.stats["cache_hit"]
+    assert again.stats.model_dump()["cache_hit"] and not first.stats.model_dump()["cache_hit"]
     assert again.train["input_ids"] == first.train["input_ids"] and again.eval_examples == first.eval_examples
     assert again.scibench_test == first.scibench_test
     write_jsonl(src, word_problems(13))  # the data changed
-    assert not data.prepare_data(settings, tiny_tokenizer, run).stats["cache_hit"]
+    assert not data.prepare_data(settings, tiny_tokenizer, run).stats.model_dump()["cache_hit"]
     other = make_settings(tmp_path, mathcodeinstruct_source=src, max_seq_len=400)  # a shaping setting changed
-    assert not data.prepare_data(other, tiny_tokenizer, run).stats["cache_hit"]
+    assert not data.prepare_data(other, tiny_tokenizer, run).stats.model_dump()["cache_hit"]
     (run / "data" / "stats.json").write_text("{broken")
-    assert not data.prepare_data(other, tiny_tokenizer, run).stats["cache_hit"]  # damaged: rebuilt
+    assert not data.prepare_data(other, tiny_tokenizer, run).stats.model_dump()[
+        "cache_hit"
+    ]  # damaged: rebuilt
     assert not (run / "data.partial").exists()
 
 
@@ -551,7 +557,7 @@ def test_real_files_counts(shared_data, tmp_path, tiny_tokenizer):
         mathcodeinstruct_samples=300,  # every record is read and rendered; only 300 are tokenized
         max_seq_len=2048,
     )
-    m, s = p.stats["sources"]["mathcodeinstruct"], p.stats["sources"]["scibench"]
+    m, s = p.stats.model_dump()["sources"]["mathcodeinstruct"], p.stats.model_dump()["sources"]["scibench"]
     assert (s["records"], s["solution_records"], s["test_records"], len(p.scibench_test)) == (
         692,
         112,
@@ -562,4 +568,4 @@ def test_real_files_counts(shared_data, tmp_path, tiny_tokenizer):
     assert s["length"]["ok"] + s["length"]["too_long"] == 110
     assert (m["records"], m["examples"], m["bad"]) == (4000, 4000, {})
     assert m["length"]["ok"] == 300
-    assert p.stats["contamination"] == {"test_problems": 580, "removed": 0, "leaked": 0}
+    assert p.stats.model_dump()["contamination"] == {"test_problems": 580, "removed": 0, "leaked": 0}

@@ -112,7 +112,7 @@ def test_training_time_follows_the_measured_step_model():
     four GPUs 0.213 s; a much larger step is GPU-bound."""
     from r1ft.plan import MEAN_TOKENS_PER_EXAMPLE as MEAN
     from r1ft.plan import training_seconds
-    from r1ft.training.train import Layout
+    from r1ft.recipe import Layout
 
     def step_s(layout, quant="none"):
         per_step = layout.per_device * layout.accum * layout.processes * MEAN
@@ -136,13 +136,18 @@ def test_training_time_follows_the_measured_step_model():
 def test_plan_says_when_more_gpus_add_cost_not_speed():
     """The recipe's 16 sequences over 4 GPUs: the plan gives the time on one of them and how to use all four;
     with 16 sequences per GPU it says nothing more."""
+    from r1ft.machine.gpu import Hardware
     from r1ft.model.tiny import base_config
     from r1ft.plan import make_plan, render_plan
+    from r1ft.recipe import make_recipe
     from r1ft.settings import load_settings
+
+    h200 = Hardware("cuda", "NVIDIA H200", 141, 4, True)
 
     def plan_text(**env):
         s = load_settings(env, env_file=None)
-        plan = make_plan(s, base_config(), free_gb=500, gpu_name="NVIDIA H200", gpu_mem_gb=141, processes=4)
+        recipe = make_recipe(s, h200, 4, base_config())
+        plan = make_plan(s, base_config(), recipe, free_gb=500, gpu_name="NVIDIA H200")
         return plan, render_plan(plan, "NVIDIA H200")
 
     plan, text = plan_text()
@@ -155,24 +160,27 @@ def test_plan_says_when_more_gpus_add_cost_not_speed():
 def test_plan_says_whether_training_compiles():
     """A laptop planning a rental is planned as on an H100 (compiled); the smoke preset on this CPU and a
     24 GB card are not compiled, and neither pays the compilation minutes."""
+    from r1ft.machine.gpu import Hardware
     from r1ft.model.tiny import base_config
     from r1ft.plan import COMPILE_WARMUP_S, make_plan
+    from r1ft.recipe import make_recipe
     from r1ft.settings import load_settings
 
+    def plan(s, hw, gpu_name=""):
+        return make_plan(
+            s, base_config(), make_recipe(s, hw, 1, base_config()), free_gb=100, gpu_name=gpu_name
+        )
+
+    cpu, rtx4090 = Hardware("cpu"), Hardware("cuda", "NVIDIA GeForce RTX 4090", 25.3, 1, True)
     full, smoke = load_settings({}, env_file=None), load_settings({"R1FT_PRESET": "smoke"}, env_file=None)
-    rental = make_plan(full, base_config(), free_gb=100)
-    assert rental.compiled
-    assert not make_plan(smoke, base_config(), free_gb=100).compiled
-    small = make_plan(full, base_config(), free_gb=100, gpu_name="NVIDIA GeForce RTX 4090", gpu_mem_gb=25.3)
-    assert not small.compiled
-    forced = make_plan(
-        load_settings({"R1FT_TORCH_COMPILE": "false"}, env_file=None), base_config(), free_gb=100
+    rental = plan(full, Hardware.rental())
+    assert rental.recipe.compiled
+    assert not plan(smoke, cpu).recipe.compiled
+    assert not plan(full, rtx4090, rtx4090.gpu_name).recipe.compiled
+    forced = plan(load_settings({"R1FT_TORCH_COMPILE": "false"}, env_file=None), Hardware.rental())
+    assert not forced.recipe.compiled and forced.train_hours > rental.train_hours  # eager steps cost more
+    smoke_compiled = plan(
+        load_settings({"R1FT_PRESET": "smoke", "R1FT_TORCH_COMPILE": "true"}, env_file=None), cpu
     )
-    assert not forced.compiled and forced.train_hours > rental.train_hours  # eager steps cost more
-    smoke_compiled = make_plan(
-        load_settings({"R1FT_PRESET": "smoke", "R1FT_TORCH_COMPILE": "true"}, env_file=None),
-        base_config(),
-        100,
-    )
-    smoke_plain = make_plan(smoke, base_config(), free_gb=100)
+    smoke_plain = plan(smoke, cpu)
     assert smoke_compiled.train_hours * 3600 > smoke_plain.train_hours * 3600 + COMPILE_WARMUP_S - 40

@@ -9,17 +9,9 @@ import pytest
 
 from r1ft.chat import MATH_INSTRUCTION
 from r1ft.evaluation import run as evaluate
-from r1ft.evaluation.run import (
-    THREE_PROMPTS,
-    Generation,
-    evaluate_run,
-    evaluation_markdown,
-    loss_summary,
-    plot_loss_curve,
-    read_scalars,
-    scoring_items,
-    success_indicators,
-)
+from r1ft.evaluation.losses import loss_summary, plot_loss_curve, read_scalars
+from r1ft.evaluation.run import THREE_PROMPTS, Generation, evaluate_run, scoring_items, success_indicators
+from r1ft.report.card import evaluation_section as evaluation_markdown
 from r1ft.settings import load_settings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

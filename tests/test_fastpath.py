@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from r1ft.machine.gpu import Hardware
+from r1ft.model.tiny import base_config
+from r1ft.recipe import make_recipe
 from r1ft.settings import load_settings
 from r1ft.training import fastpath
-from r1ft.training.train import Hardware, checkpoint_mode, lora_config, sft_config, use_compile, use_liger
+from r1ft.training.adapters import lora_config, sft_config
 
-GPU = Hardware(device="cuda", gpu_name="NVIDIA H100 80GB HBM3", gpu_mem_gb=85.0, gpu_count=1, bf16=True)
 CPU = Hardware(device="cpu")
 
 
@@ -155,29 +157,8 @@ def test_lora_inputs_keep_the_compute_dtype_under_autocast(tiny_base):
     assert all(m.cast_input_dtype_enabled for m in lora)
 
 
-def test_fastpath_choices_by_hardware_and_settings():
-    s = load_settings({}, env_file=None)
-    assert checkpoint_mode(s, GPU) == "adaptive" and checkpoint_mode(s, CPU) == "off"
-    forced = load_settings({"R1FT_GRADIENT_CHECKPOINTING": "true"}, env_file=None)
-    assert checkpoint_mode(forced, GPU) == "all"
-    on = load_settings({"R1FT_TORCH_COMPILE": "true"}, env_file=None)
-    assert use_compile(on, GPU) and not use_liger(on, GPU)  # Inductor fuses what Liger would
-    assert not use_compile(s, CPU)
-    small = Hardware(
-        device="cuda", gpu_name="NVIDIA GeForce RTX 4090", gpu_mem_gb=25.3, gpu_count=1, bf16=True
-    )
-    l40s = Hardware(device="cuda", gpu_name="NVIDIA L40S", gpu_mem_gb=48.3, gpu_count=1, bf16=True)
-    assert use_compile(s, GPU) and not use_compile(s, small)  # auto: benchmarked on large cards only
-    assert not use_compile(s, l40s)
-    assert use_compile(on, small) and not use_compile(
-        load_settings({"R1FT_TORCH_COMPILE": "false"}, env_file=None), GPU
-    )
-
-
 def test_sft_config_compiles_regionally_not_through_the_trainer(tmp_path):
-    from r1ft.training.train import Layout
-
     s = load_settings({"R1FT_TORCH_COMPILE": "true", "R1FT_GRADIENT_CHECKPOINTING": "true"}, env_file=None)
-    args = sft_config(s, tmp_path, Layout(16, 1, 1), CPU, "none", checkpointing=True, has_eval=False)
+    args = sft_config(s, tmp_path, make_recipe(s, CPU, 1, base_config()), has_eval=False)
     assert args.torch_compile is False  # regional compilation replaces the Trainer's whole-model compile
     assert args.gradient_checkpointing  # forced on: every layer, set by the Trainer

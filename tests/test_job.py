@@ -207,8 +207,8 @@ def test_two_processes_train_like_one_and_publish_once(tmp_path):
         result = run_job(env, tmp, timeout=300)
         assert result.rc == 0, result.output[-3000:]
         report = json.loads((published_dir(tmp) / "report.json").read_text())
-        assert report["training_choices"]["layout"]["processes"] == n
-        assert report["training_choices"]["layout"]["per_device"] * n == 2
+        assert report["recipe"]["layout"]["processes"] == n
+        assert report["recipe"]["layout"]["per_device"] * n == 2
         losses[n] = {int(k): v for k, v in report["training"]["loss_by_step"].items()}
         assert result.output.count("published 1") + result.output.count("verified against manifest.json") >= 1
         assert result.output.count("== publish") == 1
@@ -232,7 +232,7 @@ def test_compiled_job_trains_like_the_eager_one(tmp_path):
         result = run_job(env, tmp, timeout=400)
         assert result.rc == 0, result.output[-3000:]
         report = json.loads((published_dir(tmp) / "report.json").read_text())
-        assert report["training_choices"]["compiled"] is (compiled == "true")
+        assert report["recipe"]["compiled"] is (compiled == "true")
         losses[compiled] = report["training"]["loss_by_step"]
     assert losses["true"].keys() == losses["false"].keys()
     for step, loss in losses["false"].items():

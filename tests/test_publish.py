@@ -14,20 +14,14 @@ import pytest
 from fakehub import FakeHfApi, http_error
 from s3server import s3_server
 
-from r1ft.publish.destinations import (
-    CHECKPOINT_DIR,
-    MANIFEST,
-    PublishError,
-    RetryPolicy,
-    collect,
-    destination_for,
-    fetch_last_checkpoint,
-    parse_location,
-    publish_run,
-    push_checkpoint,
-    retry_after_seconds,
-    run_files,
-)
+from r1ft.publish.checkpoint import fetch_last_checkpoint, push_checkpoint
+from r1ft.publish.collect import collect
+from r1ft.publish.connect import destination_for
+from r1ft.publish.destination import PublishError
+from r1ft.publish.location import Location, LocationError, parse_location
+from r1ft.publish.manifest import CHECKPOINT_DIR, MANIFEST, run_files
+from r1ft.publish.retry import RetryPolicy, retry_after_seconds
+from r1ft.publish.run import publish_run
 from r1ft.settings import load_settings
 
 RUN_ID = "r1ft-smoke-test"
@@ -101,15 +95,18 @@ def assert_same_files(run: Path, collected: Path) -> None:
 
 
 def test_parse_location():
-    assert parse_location("hf://me/model") == ("hf", "me/model", "")
-    assert parse_location("hf://me/model@dev") == ("hf", "me/model", "dev")
-    assert parse_location("s3://bucket/a/b/") == ("s3", "bucket", "a/b")
-    assert parse_location("s3://bucket") == ("s3", "bucket", "")
-    assert parse_location("file:///data/out") == ("local", "/data/out", "")
-    assert parse_location("out/dir") == ("local", "out/dir", "")
-    for bad in ("gs://bucket/x", "hf://nobody", "s3:///x", ""):
-        with pytest.raises(ValueError):
-            parse_location(bad)
+    assert parse_location("hf://me/model") == Location("hf", repo="me/model")
+    assert parse_location("hf://me/model@dev") == Location("hf", repo="me/model", revision="dev")
+    assert parse_location("s3://bucket/a/b/") == Location("s3", bucket="bucket", prefix="a/b")
+    assert parse_location("s3://bucket") == Location("s3", bucket="bucket")
+    assert parse_location("file:///data/out") == Location("local", path=Path("/data/out"))
+    assert parse_location("out/dir") == Location("local", path=Path("out/dir"))
+    assert parse_location("s3://bucket/a/b/").uri == "s3://bucket/a/b" and parse_location("hf://me/m").remote
+    bad = ("gs://bucket/x", "hf://nobody", "s3:///x", "", "file://", "hf://a/b@", "s3://bucket/../x",
+           "s3://bucket/a//b", "hf://a/b@dev..x", "s3://Bad_Bucket/x", "hf://a--b/c")  # fmt: skip
+    for uri in bad:
+        with pytest.raises(LocationError):
+            parse_location(uri)
 
 
 def test_retry_after_parsing():

@@ -8,21 +8,16 @@ import pytest
 
 from r1ft.chat import MATH_INSTRUCTION
 from r1ft.data.render import (
-    BadRecord,
     answer_sentence,
-    clean_text,
-    normalise_problem,
-    prompt_unit,
     record_shape,
     render_chat,
     render_mathcodeinstruct,
-    render_scibench_solution,
-    scibench_test_record,
-    scibench_value,
     split_final_answer,
 )
-from r1ft.data.sources import builtin_files, read_records
+from r1ft.data.sources import builtin_files
+from r1ft.records import BadRecord, clean_text, normalise_problem, read_records
 from r1ft.tasks.answers import last_boxed
+from r1ft.tasks.scibench import prompt_unit, render_scibench_solution, scibench_test_record, scibench_value
 
 SYSTEM = "Below is a math problem. Please solve it step by step."
 
@@ -432,7 +427,7 @@ def test_real_scibench_solutions_render(shared_data):
 
 def test_scibench_training_answers_score_correct_under_scibench_scoring():
     """The boxed answer of every shipped solution is what SciBench's scorer (r1ft.tasks.answers) accepts."""
-    from r1ft.tasks.answers import scibench_correct
+    from r1ft.tasks.scibench import scibench_correct
 
     for path in sorted((builtin_files("scibench")[0].parent).glob("*_sol.json")):
         for _, record in read_records(path):
@@ -441,7 +436,7 @@ def test_scibench_training_answers_score_correct_under_scibench_scoring():
 
 
 def test_real_scibench_training_answers_score_correct(shared_data):
-    from r1ft.tasks.answers import scibench_correct
+    from r1ft.tasks.scibench import scibench_correct
 
     for path in sorted((shared_data / "scibench").glob("*_sol.json")):
         for _, record in read_records(path):

@@ -9,8 +9,11 @@ import torch
 from datasets import Dataset
 
 from r1ft import chat
+from r1ft.machine.gpu import Hardware
+from r1ft.model.tiny import base_config
+from r1ft.recipe import Layout, batch_layout, make_recipe
 from r1ft.settings import load_settings
-from r1ft.training.train import Hardware, Layout, batch_layout, run_training
+from r1ft.training.train import run_training
 
 EXAMPLES = [
     ("What is 2 + 3?", "2 plus 3 makes 5.", "The answer is \\boxed{5}."),
@@ -34,16 +37,11 @@ def train_tiny(tmp_path: Path, base: Path, tok, steps: int, lr: str = "3e-3", ex
            "R1FT_LEARNING_RATE": lr, "R1FT_SAVE_STEPS": "1000", "R1FT_GLOBAL_BATCH": "4", "R1FT_LORA_DROPOUT": "0",
            "R1FT_WARMUP_RATIO": "0", **(extra or {})}  # fmt: skip
     s = load_settings(env, env_file=None)
-    choices = {
-        "quant": "none",
-        "layout": batch_layout(s, 1),
-        "checkpointing": False,
-        "attn": "sdpa",
-        "liger": False,
-    }
     ds = dataset(tok)
     run_dir = tmp_path / "run"
-    return run_training(s, run_dir, base, tok, ds, None, CPU, choices, []), run_dir
+    return run_training(
+        s, run_dir, base, tok, ds, None, make_recipe(s, CPU, 1, base_config()), CPU, []
+    ), run_dir
 
 
 def test_layout_keeps_sixteen_sequences_per_step():
@@ -142,7 +140,7 @@ def test_padding_free_batches_match_padded_ones(tiny_base, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from r1ft.training.train import lora_config
+    from r1ft.training.adapters import lora_config
 
     s = load_settings({"R1FT_PRESET": "smoke", "R1FT_LORA_DROPOUT": "0"}, env_file=None)
     rows = [{k: r[k] for k in ("input_ids", "labels")} for r in dataset(tiny_tokenizer)]
@@ -212,7 +210,7 @@ def test_lean_trainer_logs_and_trains_as_trl_does(tiny_base, tiny_tokenizer, tmp
     from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
-    from r1ft.training.train import lora_config, sft_config
+    from r1ft.training.adapters import lora_config, sft_config
     from r1ft.training.trainer import LeanSFTTrainer
 
     env = {"R1FT_PRESET": "smoke", "R1FT_WORK_DIR": str(tmp_path), "R1FT_MAX_STEPS": "4", "R1FT_GLOBAL_BATCH": "4",
@@ -225,7 +223,7 @@ def test_lean_trainer_logs_and_trains_as_trl_does(tiny_base, tiny_tokenizer, tmp
         model = AutoModelForCausalLM.from_pretrained(
             tiny_base, dtype=torch.float32, attn_implementation="sdpa"
         )
-        args = sft_config(s, tmp_path / trainer_class.__name__, batch_layout(s, 1), CPU, "none", False)
+        args = sft_config(s, tmp_path / trainer_class.__name__, make_recipe(s, CPU, 1, base_config()))
         args.save_strategy = "no"
         trainer = trainer_class(
             model=model, args=args, train_dataset=ds, eval_dataset=ds,
@@ -258,14 +256,14 @@ def test_lean_trainer_trains_in_training_mode_after_each_evaluation(tiny_base, t
     turns the whole model to eval), the next training forward runs with dropout on in every module."""
     from transformers import AutoModelForCausalLM
 
-    from r1ft.training.train import lora_config, sft_config
+    from r1ft.training.adapters import lora_config, sft_config
     from r1ft.training.trainer import LeanSFTTrainer
 
     env = {"R1FT_PRESET": "smoke", "R1FT_WORK_DIR": str(tmp_path), "R1FT_MAX_STEPS": "5", "R1FT_GLOBAL_BATCH": "4",
            "R1FT_LORA_DROPOUT": "0.5", "R1FT_EVAL_STEPS": "1"}  # fmt: skip
     s = load_settings(env, env_file=None)
     model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32, attn_implementation="sdpa")
-    args = sft_config(s, tmp_path / "run", batch_layout(s, 1), CPU, "none", False)
+    args = sft_config(s, tmp_path / "run", make_recipe(s, CPU, 1, base_config()))
     args.save_strategy = "no"
     ds = dataset(tiny_tokenizer)
     trainer = LeanSFTTrainer(model=model, args=args, train_dataset=ds, eval_dataset=ds,
@@ -290,7 +288,7 @@ def test_lean_trainer_freezes_the_warm_up_objects_out_of_garbage_collection(
 
     from transformers import AutoModelForCausalLM, TrainerCallback
 
-    from r1ft.training.train import lora_config, sft_config
+    from r1ft.training.adapters import lora_config, sft_config
     from r1ft.training.trainer import FREEZE_AFTER_STEPS, LeanSFTTrainer
 
     frozen_at_step_end: dict[int, int] = {}
@@ -306,7 +304,7 @@ def test_lean_trainer_freezes_the_warm_up_objects_out_of_garbage_collection(
         model = AutoModelForCausalLM.from_pretrained(
             tiny_base, dtype=torch.float32, attn_implementation="sdpa"
         )
-        args = sft_config(s, tmp_path / "run", batch_layout(s, 1), CPU, "none", False, has_eval=False)
+        args = sft_config(s, tmp_path / "run", make_recipe(s, CPU, 1, base_config()), has_eval=False)
         gc.unfreeze()
         frozen_at_step_end.clear()
         try:

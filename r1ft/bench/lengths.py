@@ -21,6 +21,10 @@ import random
 from importlib import resources
 from pathlib import Path
 
+from r1ft.chat import completion_text
+from r1ft.data.render import render_mathcodeinstruct
+from r1ft.records import BadRecord
+
 ASSET = "bench_lengths.json"
 # Qwen2's pre-tokenizer pattern (tokenizer.json of Qwen2.5 / DeepSeek-R1-Distill-Qwen).
 PRETOKEN = (
@@ -50,8 +54,6 @@ def estimate_tokens(text: str) -> int:
 
 def derive_lengths(sample: Path) -> dict:
     """The length table of a MathCodeInstruct-format JSONL file: estimated prompt and completion tokens."""
-    from r1ft.chat import completion_text
-    from r1ft.data.render import BadRecord, render_mathcodeinstruct
 
     prompts, completions, skipped = [], [], 0
     for line in Path(sample).read_text(encoding="utf-8").splitlines():

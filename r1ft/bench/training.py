@@ -26,82 +26,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from r1ft.bench import lengths as benchdata
+from r1ft.bench.training_report import build_report, render_report, summary_line
+from r1ft.bench.variants import (
+    CHECK_STEPS,
+    OTHER_STEPS,
+    Variant,
+    gpu_counts,
+    multi_gpu_variants,
+    single_gpu_variants,
+    tiny_variant,
+)
+from r1ft.machine.gpu import query_gpus
+from r1ft.model.tiny import build_tiny_base
 from r1ft.settings import Settings
-
-FULL_EXAMPLES = 22_500  # train examples of the real mix (MathCodeInstruct 24,700 x 0.9 + SciBench)
-FULL_EPOCHS = 3
-CHECK_STEPS = 30  # a and b: the loss check's steps
-OTHER_STEPS = 15  # the other variants: enough timed steps after the warm-up
-CHECK_TOLERANCE = 0.02
-PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0, "4090": 165.2}
-GIB = 2**30
-
-
-@dataclass
-class Variant:
-    name: str
-    label: str
-    recipe: str = "r1ft"  # "original" or "r1ft"
-    env: dict[str, str] = field(default_factory=dict)
-    data: str = "typical"  # "typical" or "worst" (16 x max length)
-    card_gb: float = 0.0  # r1ft as on a card of this size (0: the real card)
-    gpus: int = 1
-    steps: int = 0  # 0: the run's --steps
-    profile: bool = False
-
-
-def single_gpu_variants() -> list[Variant]:
-    compiled = {"R1FT_TORCH_COMPILE": "true"}
-    nf4, bf16 = {"R1FT_QUANT": "nf4", **compiled}, {"R1FT_QUANT": "none", **compiled}
-    worst = {"data": "worst", "steps": 4}
-    return [
-        Variant("a", "original recipe: NF4, 2x8 padded, paged AdamW 8-bit, ckpt, SDPA", recipe="original"),
-        Variant("b", "r1ft 4-bit: NF4, 16 padding-free, flex, compiled, adaptive ckpt", env=nf4),
-        Variant("c", "r1ft bf16: 16 padding-free, flex, compiled, adaptive ckpt", env=bf16),
-        Variant("c_eager", "c without torch.compile (Liger kernels instead)", env={**bf16, "R1FT_TORCH_COMPILE": "false"}),
-        Variant("c_cpp", "c with Inductor's C++ wrapper (kernels launched from C++)", env={**bf16, "TORCHINDUCTOR_CPP_WRAPPER": "1"}),
-        Variant("c_ckpt", "c with every layer checkpointed", env={**bf16, "R1FT_GRADIENT_CHECKPOINTING": "true"}),
-        Variant("b_16g", "b as on a 16 GB card (12 GB budget)", env=nf4, card_gb=16.0),
-        Variant("b_max16", "b as on a 16 GB card, 16 x 2048 tokens", env=nf4, card_gb=16.0, **worst),
-        Variant("c_max", "c, 16 x 2048 tokens", env=bf16, **worst),
-    ]  # fmt: skip
-
-
-def multi_gpu_variants(counts: list[int]) -> list[Variant]:
-    """The 1-GPU baseline, then strong and weak scaling on each GPU count."""
-    bf16 = {"R1FT_QUANT": "none", "R1FT_TORCH_COMPILE": "true"}
-    out = [Variant("c", "r1ft bf16, 1 GPU, 16 sequences per step", env=bf16)]
-    for n in counts:
-        weak = {**bf16, "R1FT_GLOBAL_BATCH": str(16 * n)}
-        out.append(Variant(f"c_strong{n}", f"{n} GPUs, 16 sequences per step in all", env=bf16, gpus=n))
-        out.append(Variant(f"c_weak{n}", f"{n} GPUs, 16 sequences per GPU", env=weak, gpus=n))
-    return out
-
-
-def gpu_counts(text: str) -> list[int]:
-    """`--gpus` as a list: "2" or "2,4" (1 alone: the single-GPU variants)."""
-    try:
-        counts = [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"bench: --gpus takes GPU counts such as 2 or 2,4, not {text!r}") from None
-    if not counts or min(counts) < 1:
-        raise SystemExit(f"bench: --gpus takes GPU counts of 1 or more, not {text!r}")
-    return sorted(set(counts))
-
-
-def tiny_variant(v: Variant) -> Variant:
-    """The same variant on the CPU tiny model: fp32, no compile, no 4-bit, SDPA, no LoRA dropout."""
-    env = {**v.env, "R1FT_QUANT": "none", "R1FT_TORCH_COMPILE": "false", "R1FT_LORA_DROPOUT": "0"}
-    env.pop("R1FT_GRADIENT_CHECKPOINTING", None)
-    return Variant(**{**asdict(v), "env": env, "card_gb": 0.0})
+from r1ft.training.distributed import launch_command, use_one_gpu
 
 
 def parser() -> argparse.ArgumentParser:
@@ -158,7 +104,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
             continue
         print(f"bench: {v.name} ({v.label}) ...", flush=True)
         results.append(run_one(v, work, base, settings, {**opts, "timeout": min(opts["timeout"], left)}))
-        print(f"bench: {v.name}: {results[-1].get('error') or _brief(results[-1])}", flush=True)
+        print(f"bench: {v.name}: {results[-1].get('error') or summary_line(results[-1])}", flush=True)
     report = build_report(results, variants, opts, gpu, settings)
     out = opts["out"] or work / "bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -202,8 +148,6 @@ def choose_variants(opts: dict) -> list[Variant]:
 def prepare_base(work: Path, tiny: bool, seed: int) -> Path:
     """The base model directory: the tiny model, or the full-size random model (built once, in a child)."""
     if tiny:
-        from r1ft.model.tiny import build_tiny_base
-
         return build_tiny_base(work / "tiny-base", seed=seed)
     base = work / "base-random"
     if not (base / "config.json").is_file():
@@ -217,7 +161,6 @@ def prepare_base(work: Path, tiny: bool, seed: int) -> Path:
 
 def sequences(v: Variant, steps: int, tiny: bool, vocab: int, max_len: int, seed: int) -> list[dict]:
     """The variant's sequences: a prefix of one seeded draw, so every variant sees the same ones in order."""
-    from r1ft.bench import lengths as benchdata
 
     per_step = 16 * (v.gpus if v.env.get("R1FT_GLOBAL_BATCH") else 1)
     n = steps * per_step
@@ -290,8 +233,6 @@ def worker_env(gpus: int, variant_env: dict[str, str] | None = None) -> dict[str
     env = dict(os.environ)
     env.update({k: v for k, v in (variant_env or {}).items() if not k.startswith("R1FT_")})
     if gpus <= 1:
-        from r1ft.training.distributed import use_one_gpu
-
         use_one_gpu(env)
     return env
 
@@ -317,7 +258,6 @@ def run_logged(
 def worker_command(gpus: int, spec: Path) -> list[str]:
     if gpus <= 1:
         return [sys.executable, "-m", "r1ft.bench.worker", str(spec)]
-    from r1ft.training.distributed import launch_command
 
     return launch_command(gpus, [str(spec)], module="r1ft.bench.worker")
 
@@ -326,197 +266,9 @@ def warmup_steps(steps: int, asked: int) -> int:
     return asked if asked else max(1, min(5, steps // 3))
 
 
-# --- measurements -> report ----------------------------------------------------------------------------
-
-
-def model_flops(config: dict, lora_r: int, seq: list[tuple[int, int]]) -> float:
-    """Model FLOPs of one optimizer step over sequences given as (loss tokens, tokens); see the docstring."""
-    from r1ft.plan import model_shape
-
-    shape = model_shape(config, lora_r)
-    h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
-    d_attn = config["num_attention_heads"] * (config.get("head_dim") or h // config["num_attention_heads"])
-    n_layers = shape.params - 2 * vocab * h  # the decoder layers' weights (embeddings and head excluded)
-    total = 0.0
-    for loss_tokens, n in seq:
-        total += 4 * n_layers * n + 6 * shape.lora_params * n + 4 * vocab * h * loss_tokens
-        total += 6 * layers * n * n * d_attn
-    return total
-
-
-def peak_tflops(gpu: str) -> float | None:
-    for key, value in PEAK_TFLOPS.items():  # "H100 PCIe" before "H100"
-        if key.lower() in gpu.lower():
-            return value
-    return None
-
-
-def summarize(result: dict, config: dict, lora_r: int, gpu: str, mean_tokens: float) -> dict[str, Any]:
-    """s/step, tokens/s, peak, MFU and the projection of one variant's result."""
-    w = result["warmup"]
-    end = result["profiled_steps"][0] if result.get("profiled_steps") else len(result["step_s"])
-    times, tokens = result["step_s"][w:end], result["step_tokens"][w:end]
-    seqs = result["seq_lengths"]
-    global_batch = len(seqs) // max(1, len(result["step_s"]))
-    step_flops = [
-        model_flops(config, lora_r, seqs[i * global_batch : (i + 1) * global_batch]) for i in range(w, end)
-    ]
-    total_s = sum(times)
-    tokens_s = sum(tokens) / total_s if total_s else 0.0
-    peak = peak_tflops(gpu)
-    mfu = sum(step_flops) / total_s / (peak * 1e12 * result["processes"]) if peak and total_s else None
-    full_tokens = FULL_EPOCHS * FULL_EXAMPLES * mean_tokens
-    return {
-        "s_per_step": statistics.median(times) if times else None,
-        "tokens_per_s": tokens_s,
-        "peak_gib": max(result["step_peak_bytes"]) / GIB if result.get("step_peak_bytes") else None,
-        "mfu": mfu,
-        "first_steps_s": result["step_s"][:w],
-        "full_recipe_h": full_tokens / tokens_s / 3600 if tokens_s else None,
-        "global_batch": global_batch,
-    }
-
-
-def loss_check(results: dict[str, dict], steps: int = CHECK_STEPS) -> dict[str, Any]:
-    """Does r1ft's 4-bit path (b) track the original recipe's (a) losses within 2% over the first steps?"""
-    a, b = results.get("a"), results.get("b")
-    if not a or not b or a.get("error") or b.get("error"):
-        return {"passed": None, "note": "needs variants a and b"}
-    la, lb = a["losses"][:steps], b["losses"][:steps]
-    n = min(len(la), len(lb))
-    rel = [abs(x - y) / abs(x) for x, y in zip(la[:n], lb[:n], strict=True)]
-    worst = max(rel) if rel else math.inf
-    return {
-        "steps": n,
-        "max_rel_diff": worst,
-        "tolerance": CHECK_TOLERANCE,
-        "passed": n >= min(steps, len(la)) and worst <= CHECK_TOLERANCE,
-        "a_losses": la[:n],
-        "b_losses": lb[:n],
-        "a_drop": (la[0] - la[n - 1]) if n else None,
-    }
-
-
-def build_report(
-    results: list[dict], variants: list[Variant], opts: dict, gpu: str, settings: Settings
-) -> dict:
-    from r1ft.bench import lengths as benchdata
-
-    base_cfg = json.loads((Path(opts["base"]) / "config.json").read_text())
-    mean_tokens = benchdata.mean_tokens(benchdata.load_lengths(), settings.max_seq_len)
-    by_name = {r["name"]: r for r in results}
-    rows = []
-    for v in variants:
-        r = by_name[v.name]
-        row = {"name": v.name, "label": v.label, "gpus": v.gpus, "data": v.data, "card_gb": v.card_gb}
-        if r.get("error"):
-            row["error"] = r["error"]
-        else:
-            row.update(summarize(r, base_cfg, settings.lora_r, gpu, mean_tokens))
-            row.update({k: r.get(k) for k in ("quant", "layout", "attn", "liger", "compiled", "checkpointing",
-                                              "optim", "compile", "dtypes", "checkpointed_layers", "wall_s")})  # fmt: skip
-        rows.append(row)
-    _ratios(rows)
-    return {
-        "gpu": gpu,
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "command": opts["command"],
-        "versions": _versions(),
-        "mean_tokens_per_example": mean_tokens,
-        "full_recipe": {"epochs": FULL_EPOCHS, "examples": FULL_EXAMPLES},
-        "steps": opts["steps"] or f"{CHECK_STEPS} (a, b), {OTHER_STEPS} (others)",
-        "rows": rows,
-        "check": loss_check(by_name),
-        "profile": next((r.get("profile") for r in results if r.get("profile")), ""),
-        "raw": results,
-    }
-
-
-def _ratios(rows: list[dict]) -> None:
-    ref = next((r for r in rows if r["name"] in ("a",) and r.get("tokens_per_s")), None)
-    one_gpu = next((r for r in rows if r["name"] == "c" and r.get("tokens_per_s")), None)
-    for r in rows:
-        if not r.get("tokens_per_s"):
-            continue
-        if ref is not None:
-            r["x_original"] = r["tokens_per_s"] / ref["tokens_per_s"]
-        if one_gpu is not None and r["gpus"] > 1:
-            r["x_one_gpu"] = r["tokens_per_s"] / one_gpu["tokens_per_s"]
-
-
-def render_report(report: dict) -> str:
-    """The table (and the check) as printed last on stdout."""
-    lines = [
-        "",
-        f"GPU: {report['gpu']}    date: {report['date']}    steps per variant: {report['steps']}",
-        f"command: {report['command']}",
-        f"versions: {report['versions']}",
-        f"projection: {FULL_EPOCHS} epochs x {FULL_EXAMPLES:,} examples x {report['mean_tokens_per_example']:.0f} "
-        "tokens (length table mean)",
-        "",
-        f"{'variant':<9} {'s/step':>7} {'tokens/s':>9} {'peak GiB':>8} {'MFU':>6} {'x (a)':>6} {'x 1 GPU':>7} "
-        f"{'full run':>9}  description",
-    ]
-    for r in report["rows"]:
-        if r.get("error"):
-            lines.append(f"{r['name']:<9} FAILED: {r['error'][:300]}")
-            continue
-        lines.append(
-            f"{r['name']:<9} {_f(r['s_per_step'], '.3f'):>7} {_f(r['tokens_per_s'], ',.0f'):>9} "
-            f"{_f(r['peak_gib'], '.1f'):>8} {_pct(r['mfu']):>6} {_f(r.get('x_original'), '.1f'):>6} "
-            f"{_f(r.get('x_one_gpu'), '.2f'):>7} {_hours(r['full_recipe_h']):>9}  {r['label']}"
-        )
-    c = report["check"]
-    if c.get("passed") is None:
-        lines.append(f"\nloss check (b vs a): not run ({c.get('note')})")
-    else:
-        lines.append(
-            f"\nloss check, first {c['steps']} optimizer steps of b vs a (same seed, same data order): max relative "
-            f"difference {c['max_rel_diff']:.2%} (tolerance {c['tolerance']:.0%}): "
-            f"{'PASSED' if c['passed'] else 'FAILED'}; a's loss moved {c['a_drop']:+.3f} over them"
-        )
-    lines.append(f"GPU: {report['gpu']}")
-    return "\n".join(lines)
-
-
-def _f(x, fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _hours(h) -> str:
-    if h is None:
-        return "-"
-    minutes = round(h * 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m"
-
-
-def _brief(r: dict) -> str:
-    w = r["warmup"]
-    times = r["step_s"][w:]
-    med = statistics.median(times) if times else float("nan")
-    return f"median {med:.3f} s/step over {len(times)} steps (first {w}: {[round(t, 1) for t in r['step_s'][:w]]})"
-
-
 def _gpu_name(tiny: bool) -> str:
     if tiny:
         return "cpu (tiny model)"
-    from r1ft.machine.gpu import query_gpus
 
     gpus = query_gpus()
     return f"{gpus[0][0]} ({gpus[0][1]:.0f} GB) x{len(gpus)}" if gpus else "no GPU found"
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "liger-kernel", "accelerate"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "-"
-    return out

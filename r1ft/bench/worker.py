@@ -16,6 +16,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from r1ft.machine.gpu import detect_hardware
+from r1ft.model.tiny import base_config, build_tokenizer
+from r1ft.recipe import make_recipe
+from r1ft.settings import load_settings
+from r1ft.training import distributed
+from r1ft.training.adapters import bnb_config, lora_config, sft_config
+from r1ft.training.fastpath import dtype_census
+from r1ft.training.train import load_base_model
+
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
@@ -27,8 +36,6 @@ def main(argv: list[str]) -> int:
         Path(spec["result"]).write_text(json.dumps(result, indent=1, default=str))
     import os
 
-    from r1ft.training import distributed
-
     if distributed.launched(os.environ):
         distributed.exit_launched(0)
     return 0
@@ -38,8 +45,6 @@ def build_full_size_base(dest: Path, seed: int) -> Path:
     """The real model's architecture with random weights (bf16), saved like a Hub checkpoint."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from r1ft.model.tiny import base_config, build_tokenizer
 
     if (dest / "config.json").is_file():
         return dest
@@ -56,7 +61,6 @@ def build_full_size_base(dest: Path, seed: int) -> Path:
 
 
 def variant_settings(spec: dict):
-    from r1ft.settings import load_settings
 
     env = {
         "R1FT_WORK_DIR": spec["work_dir"],
@@ -76,8 +80,6 @@ def run_variant(spec: dict) -> dict[str, Any] | None:
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from r1ft.training import distributed
-    from r1ft.training.train import detect_hardware, lora_config
     from r1ft.training.trainer import LeanSFTTrainer
 
     settings = variant_settings(spec)
@@ -129,33 +131,22 @@ def run_variant(spec: dict) -> dict[str, Any] | None:
 
 
 def r1ft_recipe(spec: dict, settings, hw, run_dir: Path):
-    """r1ft's own path: the same adapters `run_training` uses, with the settings of the variant."""
-    from r1ft.training import distributed
-    from r1ft.training.train import (
-        attn_implementation,
-        batch_layout,
-        checkpoint_mode,
-        load_base_model,
-        sft_config,
-        use_compile,
-        use_liger,
-    )
+    """r1ft's own path: the recipe and adapters the job uses, with the settings of the variant."""
+    from transformers import AutoConfig
 
-    quant = settings.quant if settings.quant != "auto" else "none"
-    layout = batch_layout(settings, distributed.num_processes())
-    mode = checkpoint_mode(settings, hw)
-    attn = attn_implementation(settings, hw)
-    liger = use_liger(settings, hw)
-    model = load_base_model(spec["base"], settings, hw, quant, attn)
-    args = sft_config(settings, run_dir, layout, hw, quant, mode != "off", liger, has_eval=False)
+    config = AutoConfig.from_pretrained(spec["base"]).to_dict()
+    recipe = make_recipe(settings, hw, distributed.num_processes(), config)
+    model = load_base_model(spec["base"], settings, recipe, hw)
+    args = sft_config(settings, run_dir, recipe, has_eval=False)
+    layout = recipe.layout
     info = {
-        "quant": quant,
+        "quant": recipe.quant,
         "layout": [layout.per_device, layout.accum, layout.processes],
         "padding_free": settings.padding_free,
-        "attn": attn,
-        "liger": liger,
-        "compiled": use_compile(settings, hw),
-        "checkpointing": mode,
+        "attn": recipe.attention,
+        "liger": recipe.liger,
+        "compiled": recipe.compiled,
+        "checkpointing": recipe.checkpointing,
         "optim": args.optim,
         "card_gb": hw.gpu_mem_gb,
     }
@@ -170,14 +161,11 @@ def original_recipe(spec: dict, settings, hw, run_dir: Path):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig
 
-    from r1ft.training import distributed
-    from r1ft.training.train import bnb_config
-
     cuda = hw.device == "cuda"
     kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
     if cuda:
         kwargs.update(dtype=torch.bfloat16, device_map=distributed.device_map())
-        kwargs["quantization_config"] = bnb_config(settings)
+        kwargs["quantization_config"] = bnb_config()
     else:
         kwargs["dtype"] = torch.float32
     model = AutoModelForCausalLM.from_pretrained(spec["base"], **kwargs)
@@ -223,7 +211,6 @@ def tokens_per_step(rows: list[dict], global_batch: int) -> list[int]:
 
 
 def _census(model) -> dict[str, int]:
-    from r1ft.training.fastpath import dtype_census
 
     return dtype_census(model)
 

@@ -8,7 +8,6 @@ match it counts as complete. Pruning is a pure function that never selects the n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,18 +15,12 @@ import re
 import shutil
 from pathlib import Path
 
+from r1ft.files import sha256_file
+
 log = logging.getLogger(__name__)
 
 MARKER = "r1ft-complete.json"
 _STEP = re.compile(r"^checkpoint-(\d+)$")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def step_of(path: Path) -> int | None:
@@ -113,3 +106,18 @@ def prune(root: Path, keep: int) -> list[Path]:
         shutil.rmtree(dirs[s], ignore_errors=True)
         removed.append(dirs[s])
     return removed
+
+
+def completion_callback(marker_extra: dict | None = None):
+    """A TrainerCallback that marks each save complete (rank 0), before anything prunes or pushes it."""
+    from transformers import TrainerCallback
+
+    class CompletionMarker(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    mark_complete(ckpt, {"global_step": state.global_step, **(marker_extra or {})})
+            return control
+
+    return CompletionMarker()

@@ -10,45 +10,14 @@ publishing what exists.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1ft.checkpoints import markers as checkpoints
+from r1ft.files import GB, dir_bytes, free_bytes
 
 log = logging.getLogger(__name__)
-GB = 1e9
-
-
-def dir_bytes(root: Path) -> int:
-    """Bytes allocated under root (files only; links not followed); vanishing files are ignored."""
-    total = 0
-    stack = [str(root)]
-    while stack:
-        try:
-            with os.scandir(stack.pop()) as it:
-                for entry in it:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        elif entry.is_file(follow_symlinks=False):
-                            st = entry.stat(follow_symlinks=False)
-                            total += max(st.st_size, getattr(st, "st_blocks", 0) * 512)
-                    except FileNotFoundError:
-                        continue
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-    return total
-
-
-def free_bytes(path: Path) -> int:
-    """Free bytes on the filesystem that holds path (its nearest existing parent)."""
-    p = Path(path).resolve()
-    while not p.exists():
-        p = p.parent
-    return shutil.disk_usage(p).free
 
 
 @dataclass
@@ -154,8 +123,9 @@ class DiskWatchdog:
         self.measure()
 
 
-def trainer_callback(watchdog: DiskWatchdog, stop_flag, marker_extra: dict | None = None):
-    """A TrainerCallback: marks each save complete, prunes, and stops training cleanly when over budget."""
+def trainer_callback(watchdog: DiskWatchdog, stop_flag):
+    """A TrainerCallback: prunes after each save, and stops training cleanly when over budget. Put it after
+    `r1ft.checkpoints.markers.completion_callback`, so the save it prunes around is already marked."""
     from transformers import TrainerCallback
 
     class DiskWatchdogCallback(TrainerCallback):
@@ -165,16 +135,10 @@ def trainer_callback(watchdog: DiskWatchdog, stop_flag, marker_extra: dict | Non
             return control
 
         def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                if ckpt.is_dir():
-                    checkpoints.mark_complete(
-                        ckpt, {"global_step": state.global_step, **(marker_extra or {})}
-                    )
-                if watchdog.enforce() and not stop_flag.reason:
-                    # Only request: the stop-agreement callback stops every rank at the next step's end
-                    # (setting should_training_stop here, on rank 0 alone, would hang the others).
-                    stop_flag.request("disk")
+            if state.is_world_process_zero and watchdog.enforce() and not stop_flag.reason:
+                # Only request: the stop-agreement callback stops every rank at the next step's end
+                # (setting should_training_stop here, on rank 0 alone, would hang the others).
+                stop_flag.request("disk")
             return control
 
     return DiskWatchdogCallback()

@@ -12,7 +12,8 @@ from collections import Counter
 from typing import Any
 
 from r1ft.chat import IGNORE_INDEX, completion_text, prompt_text
-from r1ft.data.sources import SOURCES, DataError
+from r1ft.data.sources import SOURCES
+from r1ft.records import DataError
 
 TOKENIZE_CHUNK = 2048
 

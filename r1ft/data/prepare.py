@@ -26,19 +26,17 @@ import logging
 import random
 import shutil
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r1ft.chat import IGNORE_INDEX, loss_text
-from r1ft.data.mix import deduplicate, digest, draw_and_split, guard_contamination, source_of
-from r1ft.data.render import normalise_problem
-from r1ft.data.sources import SOURCES, DataError, Loaded, identity, load_source
-
-__all__ = ["DataError", "PreparedData", "data_fingerprint", "data_stats", "iter_rendered", "prepare_data"]
+from r1ft.chat import loss_text
+from r1ft.data.mix import deduplicate, digest, draw_and_split, guard_contamination
+from r1ft.data.sources import SOURCES, identity, load_source
+from r1ft.data.stats import DataStats, source_stats, totals
+from r1ft.records import DataError, normalise_problem
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +61,7 @@ class PreparedData:
     eval: Any  # datasets.Dataset
     eval_examples: list[dict]
     scibench_test: list[dict]
-    stats: dict
+    stats: DataStats
 
 
 # --- fingerprint ----------------------------------------------------------------------------------------
@@ -110,18 +108,19 @@ def prepare_data(settings, tokenizer, run_dir: Path) -> PreparedData:
     key = _cache_key(settings, tokenizer)
     cached = load_cache(cache, key)
     if cached is not None:
-        cached.stats["cache_hit"] = True
+        cached.stats.cache_hit = True
         log.info("data: reusing the prepared data in %s", cache)
         return cached
     prepared = build(settings, tokenizer)
-    prepared.stats.update(fingerprint=key["data"], tokenizer=key["tokenizer"], cache_hit=False)
-    prepared.stats["seconds"] = round(time.monotonic() - start, 2)
+    prepared.stats.fingerprint, prepared.stats.tokenizer = key["data"], key["tokenizer"]
+    prepared.stats.cache_hit = False
+    prepared.stats.seconds = round(time.monotonic() - start, 2)
     save_cache(cache, key, prepared)
-    counts = prepared.stats["counts"]
+    counts = prepared.stats.counts
     log.info(
         "data: %d train rows %s, %d eval %s, %d SciBench test problems held out; dropped %s (%.1fs)",
-        counts["train_rows"], counts["train_by_source"], counts["eval_rows"], counts["eval_by_source"],
-        counts["scibench_test"], prepared.stats["dropped"] or "nothing", prepared.stats["seconds"],
+        counts.train_rows, counts.train_by_source, counts.eval_rows, counts.eval_by_source,
+        counts.scibench_test, prepared.stats.dropped or "nothing", prepared.stats.seconds,
     )  # fmt: skip
     return prepared
 
@@ -152,7 +151,7 @@ def build(settings, tokenizer) -> PreparedData:
     if leaked:  # the guard above makes this impossible; checked anyway because it would void every score
         raise DataError(f"internal error: {leaked} SciBench test problems reached the training data")
     sources = {
-        name: _source_stats(
+        name: source_stats(
             loaded[name], name, contaminated, duplicates, lengths[name], train_pairs, eval_pairs, settings
         )
         for name in SOURCES
@@ -164,11 +163,12 @@ def build(settings, tokenizer) -> PreparedData:
             "removed": sum(contaminated.values()),
             "leaked": leaked,
         },
-        **_totals(sources, train_rows, eval_rows, len(test)),
+        **totals(sources, train_rows, eval_rows, len(test)),
     }
     train, held = Dataset.from_dict(_columns(train_rows)), Dataset.from_dict(_columns(eval_rows))
     clock.lap("datasets")
     stats["timings"] = clock.laps
+    stats = DataStats.model_validate(stats)
     eval_examples = [{k: ex[k] for k in EXAMPLE_KEYS} for ex, _ in eval_pairs]
     return PreparedData(train=train, eval=held, eval_examples=eval_examples, scibench_test=test, stats=stats)
 
@@ -203,92 +203,6 @@ def _columns(rows: list[dict]) -> dict[str, list]:
     return {col: [r[col] for r in rows] for col in ("input_ids", "labels", "source", "id")}
 
 
-# --- statistics -----------------------------------------------------------------------------------------
-
-
-def _source_stats(
-    ld: Loaded, name: str, contaminated: Counter, duplicates: dict, lengths: Counter, train, held, settings
-) -> dict:
-    labels = ("scibench",) if name == "scibench" else ("mathcodeinstruct", "chat")
-    n_train = sum(source_of(ex) == name for ex, _ in train)
-    out: dict[str, Any] = {
-        **ld.source.describe(),
-        "shapes": sorted(ld.shapes),
-        "records": ld.records,
-        "bad": dict(ld.bad.most_common()),
-        "bad_fraction": round(sum(ld.bad.values()) / ld.records, 6) if ld.records else 0.0,
-        "bad_examples": ld.first_bad,
-        "examples": len(ld.examples),
-        "contaminated": sum(contaminated[s] for s in labels),
-        "duplicates": {kind: sum(c[s] for s in labels) for kind, c in duplicates.items()},
-        "length": {
-            k: lengths.get(k, 0) for k in ("ok", "truncated", "too_long", "prompt_too_long", "not_drawn")
-        },
-        "train": n_train,
-        "eval": sum(source_of(ex) == name for ex, _ in held),
-        "train_rows": n_train * (settings.scibench_upsample if name == "scibench" else 1),
-    }
-    if name == "scibench":
-        out |= {
-            "solution_records": ld.solution_records,
-            "test_records": ld.test_records,
-            "test": len(ld.test),
-        }
-        out["upsample"] = settings.scibench_upsample
-    else:
-        out["requested"] = settings.mathcodeinstruct_samples
-    return out
-
-
-def _percentiles(values: list[int]) -> dict[str, float]:
-    if not values:
-        return {}
-    v = sorted(values)
-    pick = lambda q: v[min(len(v) - 1, int(q * len(v)))]  # noqa: E731
-    return {
-        "min": v[0],
-        "p50": pick(0.5),
-        "p90": pick(0.9),
-        "p99": pick(0.99),
-        "max": v[-1],
-        "mean": round(sum(v) / len(v), 1),
-    }
-
-
-def _totals(sources: dict, train_rows: list[dict], eval_rows: list[dict], n_test: int) -> dict:
-    dropped: Counter = Counter()
-    for s in sources.values():
-        dropped.update({f"bad:{reason}": c for reason, c in s["bad"].items()})
-        dropped["contaminated"] += s["contaminated"]
-        dropped["duplicate_exact"] += s["duplicates"]["exact"]
-        dropped["duplicate_problem"] += s["duplicates"]["problem"]
-        for what in ("too_long", "prompt_too_long"):
-            dropped[what] += s["length"][what]
-    unique = {r["id"]: len(r["input_ids"]) for r in [*train_rows, *eval_rows]}
-    return {
-        "counts": {
-            "train_rows": len(train_rows),
-            "eval_rows": len(eval_rows),
-            "train_by_source": dict(Counter(r["source"] for r in train_rows)),
-            "eval_by_source": dict(Counter(r["source"] for r in eval_rows)),
-            "scibench_test": n_test,
-            "truncated": sum(s["length"]["truncated"] for s in sources.values()),
-        },
-        "dropped": {k: v for k, v in sorted(dropped.items()) if v},
-        "tokens": {
-            "train_total": sum(len(r["input_ids"]) for r in train_rows),
-            "train_loss": sum(len(r["labels"]) - r["labels"].count(IGNORE_INDEX) for r in train_rows),
-            "eval_total": sum(len(r["input_ids"]) for r in eval_rows),
-            "length": _percentiles(list(unique.values())),
-        },
-    }
-
-
-def data_stats(prepared: PreparedData) -> dict:
-    """The JSON summary `r1ft data --stats` prints (and report.json holds)."""
-    return prepared.stats
-
-
 # --- cache ----------------------------------------------------------------------------------------------
 
 
@@ -302,7 +216,7 @@ def save_cache(cache: Path, key: dict, prepared: PreparedData) -> None:
         prepared.eval.save_to_disk(str(tmp / "eval"))
     _write_jsonl(tmp / "eval_examples.jsonl", prepared.eval_examples)
     _write_jsonl(tmp / "scibench_test.jsonl", prepared.scibench_test)
-    (tmp / "stats.json").write_text(json.dumps(prepared.stats, indent=2, default=str))
+    (tmp / "stats.json").write_text(prepared.stats.model_dump_json(indent=2))
     (tmp / "key.json").write_text(json.dumps(key, indent=2))
     shutil.rmtree(cache, ignore_errors=True)
     tmp.rename(cache)
@@ -334,9 +248,9 @@ def load_cache(cache: Path, key: dict) -> PreparedData | None:
             eval=Dataset.load_from_disk(str(cache / "eval")),
             eval_examples=_read_jsonl(cache / "eval_examples.jsonl"),
             scibench_test=_read_jsonl(cache / "scibench_test.jsonl"),
-            stats=json.loads((cache / "stats.json").read_text()),
+            stats=DataStats.model_validate_json((cache / "stats.json").read_text()),
         )
-    except (OSError, ValueError) as e:  # absent or damaged: rebuild
+    except (OSError, ValueError) as e:  # absent or damaged (pydantic's ValidationError is a ValueError)
         if (cache / "key.json").exists():
             log.warning("data: the cache in %s is unreadable (%s); rebuilding it", cache, e)
         return None

@@ -7,8 +7,8 @@ Three record shapes are understood (`record_shape` tells them apart):
   an ```output fence); the sentence holding the last `\\boxed{...}` becomes the answer after `</think>`.
 - `chat`: `{"messages": [{"role", "content": str}]}`, the assistant's content with `<think>...</think>`
   or without (then split as above).
-- `scibench`: SciBench's keys. `_sol` records (worked solutions) become training examples; main-file
-  records become held-out test problems (`scibench_test_record`), never examples.
+- `scibench`: SciBench's keys, rendered by `r1ft.tasks.scibench` (worked solutions become training
+  examples; main-file records become held-out test problems, never examples).
 
 System prompts are folded into the user turn (the model card recommends none). A record that cannot be
 rendered raises `BadRecord(reason, field)`; the caller counts it.
@@ -20,77 +20,27 @@ contamination guard).
 
 from __future__ import annotations
 
-import hashlib
 import re
-import unicodedata
 from typing import Any
 
 from r1ft.chat import user_message
-from r1ft.tasks.answers import braced, last_boxed, scibench_prompt_unit, scibench_unit_exponent
-
-# Reasons a record is skipped; every one is counted in the data statistics.
-BAD_REASONS = (
-    "missing_field",  # a required key is absent
-    "wrong_type",  # a value of the wrong type (e.g. content not a list of blocks)
-    "unsupported_shape",  # several user/assistant turns, no user or no assistant turn
-    "empty_text",  # an empty problem or solution
-    "empty_answer",  # `\boxed{}` with nothing in it, nothing after `</think>`, an empty answer_number
-    "no_final_answer",  # no `\boxed{...}` (or an unclosed one); an answer_number that is not a number
-    "undecodable_text",  # invalid UTF-8 or JSON, lone surrogates
+from r1ft.records import (
+    BadRecord,
+    as_object,
+    clean_text,
+    get_field,
+    make_example,
+    normalise_problem,
 )
+from r1ft.tasks.answers import braced, last_boxed
+
 SHAPES = ("mathcodeinstruct", "chat", "scibench")
 MCI_SHAPE = (
     '{"messages": [{"role": "system"|"user"|"assistant", "content": [{"type": "text"|"code"|"execution", '
     '"content": str}, ...]}, ...]}'
 )
 CHAT_SHAPE = '{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}'
-SCIBENCH_FIELDS = ("problem_text", "answer_number", "unit", "source", "problemid")
-SCIBENCH_SHAPE = (
-    "a JSON array of objects with string keys " + ", ".join(SCIBENCH_FIELDS) + " (+ solution in *_sol)"
-)
 BLOCK_TYPES = ("text", "code", "execution")
-
-
-class BadRecord(Exception):
-    """A record that cannot become an example: why (one of BAD_REASONS) and which field."""
-
-    def __init__(self, reason: str, field: str, detail: str = ""):
-        assert reason in BAD_REASONS, reason
-        self.reason, self.field, self.detail = reason, field, detail
-        super().__init__(f"{reason} at {field}" + (f": {detail}" if detail else ""))
-
-
-# --- text helpers -------------------------------------------------------------------------------------
-
-_PRESENTATION = re.compile(r"\\(?:[,;:! ]|q?quad\b|left\b|right\b|displaystyle\b)|[~$\s]")
-
-
-def normalise_problem(text: str) -> str:
-    """The comparison key of a problem: NFKC, lower case, without `$`, LaTeX spacing and sizing, and
-    whitespace (presentation differences such as `$2.0$ kg` vs `2.0 kg` or `} .` vs `}.` vanish)."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return _PRESENTATION.sub("", text).rstrip(".?")
-
-
-def clean_text(text: str) -> str:
-    """`\\r\\n` and `\\r` as `\\n`, trailing spaces of each line and surrounding whitespace removed."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return "\n".join(line.rstrip() for line in text.split("\n")).strip()
-
-
-def check_decodable(field: str, *texts: str) -> None:
-    """Lone surrogates (from `\\ud800` escapes or undecodable bytes) make text untokenizable."""
-    for text in texts:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise BadRecord("undecodable_text", field, f"undecodable character at offset {e.start}") from e
-
-
-def example_id(source: str, key: str, label: str = "") -> str:
-    """A stable id: the source, an optional readable label, a hash of the normalised problem."""
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    return f"{source}-{label}-{digest}" if label else f"{source}-{digest}"
 
 
 # --- the final answer ---------------------------------------------------------------------------------
@@ -168,34 +118,18 @@ def split_final_answer(blocks: list[tuple[str, str]], field: str) -> tuple[str, 
 # --- record shapes ------------------------------------------------------------------------------------
 
 
-def _field(record: dict, name: str, path: str, kind: type | tuple[type, ...]) -> Any:
-    if name not in record:
-        raise BadRecord("missing_field", f"{path}{name}")
-    value = record[name]
-    if not isinstance(value, kind):
-        raise BadRecord(
-            "wrong_type", f"{path}{name}", f"expected {_kind_name(kind)}, got {type(value).__name__}"
-        )
-    return value
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(k.__name__ for k in kinds)
-
-
 def record_shape(record: Any) -> str:
     """Which shape a record has ('mathcodeinstruct', 'chat' or 'scibench'); BadRecord when none fits."""
     if not isinstance(record, dict):
         raise BadRecord("wrong_type", "<record>", f"expected an object, got {type(record).__name__}")
     if "messages" in record:
-        messages = _field(record, "messages", "", list)
+        messages = get_field(record, "messages", "", list)
         if not messages:
             raise BadRecord("unsupported_shape", "messages", "no messages")
         first = messages[0]
         if not isinstance(first, dict):
             raise BadRecord("wrong_type", "messages[0]", f"expected an object, got {type(first).__name__}")
-        content = _field(first, "content", "messages[0].", (list, str))
+        content = get_field(first, "content", "messages[0].", (list, str))
         return "chat" if isinstance(content, str) else "mathcodeinstruct"
     if "problem_text" in record:
         return "scibench"
@@ -212,8 +146,8 @@ def _turns(messages: list, content_kind: type, parse=None) -> tuple[list, list, 
             raise BadRecord(
                 "wrong_type", f"messages[{i}]", f"expected an object, got {type(message).__name__}"
             )
-        role = _field(message, "role", path, str)
-        content = _field(message, "content", path, content_kind)
+        role = get_field(message, "role", path, str)
+        content = get_field(message, "content", path, content_kind)
         if role not in turns:
             raise BadRecord("unsupported_shape", f"{path}role", f"unknown role {role!r}")
         turns[role].append((i, parse(i, content) if parse else content))
@@ -230,8 +164,8 @@ def _turns(messages: list, content_kind: type, parse=None) -> tuple[list, list, 
 def _block_text(block: Any, path: str) -> tuple[str, str]:
     if not isinstance(block, dict):
         raise BadRecord("wrong_type", path, f"expected a block object, got {type(block).__name__}")
-    kind = _field(block, "type", f"{path}.", str)
-    content = _field(block, "content", f"{path}.", str)
+    kind = get_field(block, "type", f"{path}.", str)
+    content = get_field(block, "content", f"{path}.", str)
     if kind not in BLOCK_TYPES:
         raise BadRecord("wrong_type", f"{path}.type", f"unknown block type {kind!r}")
     return kind, content
@@ -256,28 +190,13 @@ def _user_turn(system: list[str], user: str, field: str) -> tuple[str, str]:
     return user_message(folded), normalise_problem(problem)
 
 
-def _example(
-    source: str, key: str, problem: str, reasoning: str, answer: str, gold: str, label: str = ""
-) -> dict:
-    check_decodable("messages", problem, reasoning, answer)
-    return {
-        "id": example_id(source, key, label),
-        "source": source,
-        "problem": problem,
-        "reasoning": reasoning,
-        "answer": answer,
-        "gold": gold,
-        "key": key,
-    }
-
-
 def _blocks(i: int, content: list) -> list[tuple[str, str]]:
     return [_block_text(b, f"messages[{i}].content[{j}]") for j, b in enumerate(content)]
 
 
 def render_mathcodeinstruct(record: Any) -> dict:
     """A MathCodeInstruct record (text/code/execution blocks) as an example record."""
-    messages = _field(_as_object(record), "messages", "", list)
+    messages = get_field(as_object(record), "messages", "", list)
     system, user, assistant = _turns(messages, list, _blocks)
     system_text = ["\n\n".join(text for _, text in blocks) for _, blocks in system]
     (ui, ublocks), (ai, ablocks) = user[0], assistant[0]
@@ -287,12 +206,12 @@ def render_mathcodeinstruct(record: Any) -> dict:
     if not any(text for _, text in rendered):
         raise BadRecord("empty_text", f"messages[{ai}].content", "the assistant turn is empty")
     reasoning, answer, gold = split_final_answer(rendered, f"messages[{ai}].content")
-    return _example("mathcodeinstruct", key, problem, reasoning, answer, gold)
+    return make_example("mathcodeinstruct", key, problem, reasoning, answer, gold)
 
 
 def render_chat(record: Any) -> dict:
     """A chat record (string contents; `<think>...</think>` optional) as an example record."""
-    messages = _field(_as_object(record), "messages", "", list)
+    messages = get_field(as_object(record), "messages", "", list)
     system, user, assistant = _turns(messages, str)
     (ui, ucontent), (ai, acontent) = user[0], assistant[0]
     problem, key = _user_turn([c for _, c in system], ucontent, f"messages[{ui}].content")
@@ -304,77 +223,8 @@ def render_chat(record: Any) -> dict:
         answer = answer.strip()
         if not answer:
             raise BadRecord("empty_answer", field, "nothing after </think>")
-        return _example("chat", key, problem, reasoning, answer, last_boxed(answer) or "")
+        return make_example("chat", key, problem, reasoning, answer, last_boxed(answer) or "")
     if not content:
         raise BadRecord("empty_text", field, "the assistant turn is empty")
     reasoning, answer, gold = split_final_answer([("text", content)], field)
-    return _example("chat", key, problem, reasoning, answer, gold)
-
-
-def _as_object(record: Any) -> dict:
-    if not isinstance(record, dict):
-        raise BadRecord("wrong_type", "<record>", f"expected an object, got {type(record).__name__}")
-    return record
-
-
-# --- SciBench -----------------------------------------------------------------------------------------
-
-
-def _scibench_fields(record: Any, solution: bool) -> dict[str, str]:
-    """The record's fields as trimmed strings (`\\r\\n` normalised); answer_number may be a number."""
-    record = _as_object(record)
-    out = {}
-    for name in (*SCIBENCH_FIELDS, *(("solution",) if solution else ())):
-        kind = (str, int, float) if name == "answer_number" else str
-        value = _field(record, name, "", kind)
-        out[name] = (
-            " ".join(str(value).split()) if name in ("unit", "answer_number") else clean_text(str(value))
-        )
-    check_decodable("problem_text", *out.values())
-    if not out["problem_text"]:
-        raise BadRecord("empty_text", "problem_text")
-    return out
-
-
-def prompt_unit(unit: str) -> str:
-    """The unit named in the prompt, as SciBench's evaluation does (a power of ten beside another unit is
-    left out: the answer is then the absolute value), with SciBench's cut `\\mathrm{~J}$` re-balanced."""
-    shown = scibench_prompt_unit(unit).strip()
-    if shown.count("$") % 2:
-        shown = "$" + shown if shown.endswith("$") else shown + "$"
-    return shown
-
-
-def scibench_value(answer_number: str, unit: str) -> str:
-    """The boxed answer: answer_number, times the unit's power of ten when the prompt leaves it out."""
-    number = answer_number.replace("−", "-").strip()
-    if not number:
-        raise BadRecord("empty_answer", "answer_number")
-    try:
-        float(number.replace(",", ""))
-    except ValueError as e:
-        raise BadRecord("no_final_answer", "answer_number", f"{answer_number!r} is not a number") from e
-    exponent = scibench_unit_exponent(unit)
-    return number if exponent is None else f"{number} \\times 10^{{{exponent}}}"
-
-
-def render_scibench_solution(record: Any) -> dict:
-    """A SciBench `_sol` record as an example: the worked solution, then the boxed answer and its unit."""
-    f = _scibench_fields(record, solution=True)
-    if not f["solution"]:
-        raise BadRecord("empty_text", "solution", "the worked solution is empty")
-    value = scibench_value(f["answer_number"], f["unit"])
-    shown = prompt_unit(f["unit"])
-    key = normalise_problem(f["problem_text"])
-    answer = f"The answer is $\\boxed{{{value}}}$" + (f" {shown}." if shown else ".")
-    label = re.sub(r"[^A-Za-z0-9.]+", "_", f"{f['source']}_{f['problemid']}").strip("_")
-    problem = user_message(f["problem_text"], shown)
-    return _example("scibench", key, problem, f["solution"], answer, value, label)
-
-
-def scibench_test_record(record: Any) -> dict:
-    """A SciBench main-file record as a held-out test problem (never a training example)."""
-    f = _scibench_fields(record, solution=False)
-    if not f["answer_number"]:
-        raise BadRecord("empty_answer", "answer_number")
-    return {**f, "problem": user_message(f["problem_text"], prompt_unit(f["unit"]))}
+    return make_example("chat", key, problem, reasoning, answer, gold)

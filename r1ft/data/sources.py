@@ -16,21 +16,20 @@ JSON comes back as a `BadRecord` to count, not an exception.
 from __future__ import annotations
 
 import glob
-import hashlib
-import json
 import re
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from r1ft.data import render
-from r1ft.data.render import BadRecord
+from r1ft.downloads import DownloadError, HubItem, snapshot
+from r1ft.files import sha256_file
+from r1ft.records import DATA_SUFFIXES, BadRecord, DataError, read_records
+from r1ft.tasks import scibench
 
 SOURCES = ("mathcodeinstruct", "scibench")
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 # What to fetch from each Hub repo: MathCodeInstruct's `train_80k.jsonl` (or a parquet export), and
 # SciBench's 20 files by name wherever they sit in the repo (its other files are not data).
 SCIBENCH_NAMES = ("atkins", "chemmc", "quan", "matter", "fund", "class", "thermo", "stat", "calculus", "diff")
@@ -43,12 +42,8 @@ STRUCTURAL = ("missing_field", "wrong_type", "unsupported_shape")  # on a file's
 ACCEPTED_SHAPES = {"mathcodeinstruct": ("mathcodeinstruct", "chat"), "scibench": ("scibench",)}
 EXPECTED_SHAPE = {
     "mathcodeinstruct": f"MathCodeInstruct's shape {render.MCI_SHAPE} or chat form {render.CHAT_SHAPE}",
-    "scibench": f"SciBench's shape: {render.SCIBENCH_SHAPE}",
+    "scibench": f"SciBench's shape: {scibench.SCIBENCH_SHAPE}",
 }
-
-
-class DataError(Exception):
-    """A fatal data problem (bad shape, too many bad records, no Hub); the message says what to do."""
 
 
 @dataclass
@@ -149,54 +144,12 @@ def resolve(settings, source: str) -> Source:
 
 
 def hub_download(repo: str, revision: str, cache_dir: Path, token: str | None, source: str) -> Path:
-    """`snapshot_download` of the source's data files; Hub failures become DataErrors that say what to do."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    setting, rev_setting = env_name(source), env_name(source, "REVISION")
-    local = f"or download it elsewhere and point {setting} at the local copy (a file, directory or glob)"
+    """The source's data files from the Hub (`r1ft.downloads`); a failure is a DataError saying what to do."""
+    item = HubItem(repo, "dataset", revision, env_name(source), env_name(source, "REVISION"))
     try:
-        path = snapshot_download(
-            repo_id=repo, repo_type="dataset", revision=revision, cache_dir=str(cache_dir),
-            allow_patterns=HUB_PATTERNS[source], token=token,
-        )  # fmt: skip
-    except GatedRepoError as e:
-        raise DataError(
-            f"the Hub dataset {repo} is gated (401/403): accept its terms on "
-            f"https://huggingface.co/datasets/{repo} and set HF_TOKEN to a token of that account, {local}"
-        ) from e
-    except RepositoryNotFoundError as e:
-        raise DataError(
-            f"the Hub dataset {repo} was not found or is private (401/404): check {setting}={repo!r} "
-            f"(if it is meant as a local path, {Path(repo).resolve()} does not exist); for a private "
-            f"dataset set HF_TOKEN to a token that can read it, {local}"
-        ) from e
-    except RevisionNotFoundError as e:
-        raise DataError(
-            f"the Hub dataset {repo} has no revision {revision!r}: set {rev_setting} to an existing "
-            f"branch, tag or commit, {local}"
-        ) from e
-    except LocalEntryNotFoundError as e:
-        raise DataError(
-            f"cannot reach the Hub to download the dataset {repo} (revision {revision!r}) and it is not "
-            f"in the cache {cache_dir}: check the network (and HF_HUB_OFFLINE), {local}"
-        ) from e
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", "?")
-        hint = "set HF_TOKEN to a token that can read it" if status in (401, 403) else "retry later"
-        raise DataError(f"the Hub refused the dataset {repo} (HTTP {status}): {hint}, {local}") from e
-    except (OSError, ValueError) as e:  # connection errors, offline mode, a malformed id
-        raise DataError(
-            f"could not download the Hub dataset {repo} ({type(e).__name__}: {e}): check the network and "
-            f"{setting}, {local}"
-        ) from e
-    return Path(path)
+        return snapshot(item, cache_dir, token, HUB_PATTERNS[source])
+    except DownloadError as e:
+        raise DataError(f"{e} (a file, directory or glob)") from e
 
 
 # --- identity (for the fingerprint) ---------------------------------------------------------------------
@@ -209,11 +162,7 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo not in _HASHES:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        _HASHES[memo] = h.hexdigest()
+        _HASHES[memo] = sha256_file(path)
     return _HASHES[memo]
 
 
@@ -227,69 +176,6 @@ def identity(settings, source: str) -> dict[str, Any]:
         return {"origin": "hub", "repo": spec.strip(), "revision": getattr(settings, f"{source}_revision")}
     files = builtin_files(source) if kind == "builtin" else local_files(spec, env_name(source))
     return {"origin": kind, "files": [[f.name, file_sha256(f)] for f in files]}
-
-
-# --- reading records ----------------------------------------------------------------------------------
-
-
-def read_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """(1-based position, record) for each record of a file; a BadRecord for an undecodable line."""
-    if path.suffix == ".parquet":
-        yield from _read_parquet(path)
-    elif path.suffix == ".json":
-        yield from _read_json(path)
-    else:
-        yield from _read_jsonl(path.read_bytes().split(b"\n"))
-
-
-def _read_jsonl(lines: list[bytes]) -> Iterator[tuple[int, Any]]:
-    for n, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            yield n, json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            yield n, BadRecord("undecodable_text", f"line {n}", f"invalid UTF-8 at byte {e.start}")
-        except json.JSONDecodeError as e:
-            yield n, BadRecord("undecodable_text", f"line {n}", f"invalid JSON: {e.msg} at column {e.colno}")
-
-
-def _read_json(path: Path) -> Iterator[tuple[int, Any]]:
-    """A JSON array (SciBench's files), or JSON lines in a `.json` file."""
-    raw = path.read_bytes()
-    # Undecodable bytes become lone surrogates, which the renderer counts per record.
-    text = raw.decode("utf-8", errors="surrogateescape")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        if text.lstrip().startswith("{"):
-            yield from _read_jsonl(raw.split(b"\n"))
-            return
-        raise DataError(
-            f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); expected a JSON "
-            "array of records or JSON lines"
-        ) from e
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list):
-        raise DataError(
-            f"{path}: the top level is a {type(value).__name__}; expected a JSON array of records"
-        )
-    yield from enumerate(value, start=1)
-
-
-def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a damaged file
-        raise DataError(f"{path}: not a readable parquet file ({e})") from e
-    n = 0
-    for batch in pf.iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            n += 1
-            yield n, row
 
 
 # --- loading and rendering a source -------------------------------------------------------------------
@@ -313,7 +199,9 @@ class Loaded:
 
 def _renderer(shape: str, path: Path):
     if shape == "scibench":
-        return render.render_scibench_solution if path.stem.endswith("_sol") else render.scibench_test_record
+        return (
+            scibench.render_scibench_solution if path.stem.endswith("_sol") else scibench.scibench_test_record
+        )
     return render.render_chat if shape == "chat" else render.render_mathcodeinstruct
 
 

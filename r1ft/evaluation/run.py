@@ -20,33 +20,37 @@
   the accuracies; loss curves as `eval/loss_curve.png`.
 
 Outputs: `run_dir/eval/results.json` (the dict `evaluate_run` returns), `run_dir/eval/samples.jsonl`
-(every generation), `run_dir/eval/loss_curve.png`. `evaluation_markdown(result)` renders the model-card
-section.
+(every generation), `run_dir/eval/loss_curve.png`. The model card renders the results
+(`r1ft.report.card`).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
-import math
 import random
-import re
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from r1ft.chat import prompt_text, user_message
-from r1ft.tasks.answers import (
-    answers_match,
-    extract_answer,
+from r1ft.chat import user_message
+from r1ft.evaluation.generate import (
+    SAMPLING,
+    Generation,
+    device_and_dtype,
+    generate,
+    load_for_generation,
+    release_memory,
+)
+from r1ft.evaluation.losses import EVAL_LOSS_TARGET, loss_summary, plot_loss_curve, read_scalars
+from r1ft.tasks import scibench
+from r1ft.tasks.answers import answers_match, extract_answer, wilson_interval
+from r1ft.tasks.scibench import (
     scibench_boxed,
     scibench_correct,
     scibench_correct_lenient,
-    scibench_prompt_unit,
-    wilson_interval,
 )
 
 log = logging.getLogger(__name__)
@@ -56,17 +60,12 @@ THREE_PROMPTS = (
     "What is the derivative of f(x) = x^3 + 2x^2 - 5x + 3?",
     "Calculate the force required to accelerate a 10 kg object at 5 m/s^2.",
 )
-SAMPLING = {"temperature": 0.6, "top_p": 0.95}  # the model's generation_config.json
-# Greedy: neutral values override the model's 0.6 / 0.95 (unused when greedy, but transformers warns).
-GREEDY_NEUTRAL = {"temperature": 1.0, "top_p": 1.0}
-EVAL_LOSS_TARGET = 1.0  # the guide's target; perplexity exp(1.0) = 2.72
 EVAL_DIR = "eval"
 LOSS_CURVE = f"{EVAL_DIR}/loss_curve.png"
 SCIBENCH_GROUP = "scibench-test"
 MODELS = ("base", "finetuned")
 
 _clock = time.monotonic  # the budget's clock (tests replace it)
-SDPA_SKIP_CUDNN = True
 
 
 # --- what gets scored --------------------------------------------------------------------------------
@@ -83,15 +82,6 @@ class Item:
     answer_number: str = ""
     unit: str = ""
     textbook: str = ""
-
-
-def scibench_user_turn(record: dict) -> str:
-    """The SciBench prompt: problem, SciBench's unit sentence (its power of ten hidden as SciBench does),
-    the math instruction. The scoring (`scibench_correct`) rescales exactly when the prompt hid the power."""
-    if "problem_text" not in record:
-        return record["problem"]
-    unit = record.get("unit", "").strip()
-    return user_message(record["problem_text"], scibench_prompt_unit(unit) if unit else None)
 
 
 def scoring_items(s, eval_examples: list[dict], scibench_test: list[dict]) -> list[Item]:
@@ -114,7 +104,7 @@ def scoring_items(s, eval_examples: list[dict], scibench_test: list[dict]) -> li
             Item(
                 id=f"scibench/{r.get('source', '').strip()}/{str(r.get('problemid', i)).strip()}",
                 group=SCIBENCH_GROUP,
-                problem=scibench_user_turn(r),
+                problem=scibench.user_turn(r["problem_text"], str(r.get("unit", ""))),
                 answer_number=str(r["answer_number"]),
                 unit=str(r.get("unit", "")).strip(),
                 textbook=str(r.get("source", "")).strip(),
@@ -140,118 +130,6 @@ def score_item(item: Item, text: str) -> dict[str, Any]:
         "method": extraction.method,
         "correct": answers_match(extraction.answer, item.gold, rel_tol=rel_tol),
     }
-
-
-# --- generation --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Generation:
-    """One model output: text (special tokens dropped), new tokens counted up to and including EOS."""
-
-    text: str
-    new_tokens: int
-    finished: bool  # ended with EOS (not cut at max_new_tokens or by the deadline)
-
-
-def device_and_dtype():
-    """bf16 on a CUDA GPU, fp32 on CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.bfloat16
-    return torch.device("cpu"), torch.float32
-
-
-def load_for_generation(path: Path):
-    """Model (eval mode, on the device) and left-padding tokenizer from a local model directory.
-
-    An adapter directory (adapter_config.json) is loaded onto its base and merged in memory: that is how
-    the fine-tune is scored when the merged shards were streamed to the destination and are not on disk.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device, dtype = device_and_dtype()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        adapter_config = Path(path) / "adapter_config.json"
-        if adapter_config.is_file():
-            from peft import PeftModel
-
-            base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-            model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as e:
-        raise RuntimeError(
-            f"cannot load a model from {path}: {e}; check the run's merged/ or the base model"
-        ) from e
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer
-
-
-def release_memory() -> None:
-    """Hand freed GPU memory back (call after the last reference to a model is deleted)."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def generate(
-    model,
-    tokenizer,
-    problems: list[str],
-    max_new_tokens: int,
-    sample: bool = False,
-    max_time: float | None = None,
-    cache_implementation: str | None = None,
-) -> list[Generation]:
-    """Answer a batch of user turns: chat template with the generation prompt (ends `<think>\\n`), tokens
-    without added specials (the template emits BOS), left padding, KV cache; greedy or SAMPLING."""
-    import torch
-    from transformers import GenerationConfig
-
-    texts = [prompt_text(tokenizer, p) for p in problems]
-    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
-    eos = tokenizer.eos_token_id
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        **(SAMPLING if sample else GREEDY_NEUTRAL),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=eos,
-        bos_token_id=tokenizer.bos_token_id,
-        use_cache=True,
-        max_time=max_time,
-        **({"cache_implementation": cache_implementation} if cache_implementation else {}),
-    )
-    with torch.inference_mode(), _attention_backends(model.device):
-        out = model.generate(**enc, generation_config=config)
-    gens = []
-    for row in out[:, enc["input_ids"].shape[1] :].tolist():
-        finished = eos in row
-        kept = row[: row.index(eos)] if finished else row
-        gens.append(
-            Generation(tokenizer.decode(kept, skip_special_tokens=True), len(kept) + finished, finished)
-        )
-    return gens
-
-
-def _attention_backends(device):
-    """On CUDA, SDPA without the cuDNN backend: decoding asks for a new key length at every step, and cuDNN
-    builds an execution plan per shape, which made every first pass over a length ~3x slower on an H200."""
-    import contextlib
-
-    if device.type != "cuda" or not SDPA_SKIP_CUDNN:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 @dataclass
@@ -366,73 +244,6 @@ def think_stats(prompts: list[Generation], gens: list[Generation]) -> dict[str, 
         "finished_closed_rate": rate(finished),
         "truncated": len(every) - len(finished),
     }
-
-
-# --- TensorBoard losses ---------------------------------------------------------------------------------
-
-
-def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series in the TensorBoard event files under `log_dir` (all files, merged by step; a
-    step logged twice, e.g. after a resume, keeps the latest value)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    merged: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
-    for path in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        try:
-            acc.Reload()
-        except Exception as e:  # a torn file from a killed run: keep what the others hold
-            log.warning("skipping unreadable TensorBoard file %s: %s", path, e)
-            continue
-        for tag in acc.Tags().get("scalars", []):
-            for ev in acc.Scalars(tag):
-                if ev.step not in merged[tag] or merged[tag][ev.step][0] <= ev.wall_time:
-                    merged[tag][ev.step] = (ev.wall_time, float(ev.value))
-    return {tag: sorted((step, v) for step, (_, v) in series.items()) for tag, series in merged.items()}
-
-
-def loss_summary(scalars: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
-    """First and last train loss (means of the first and last tenth), last eval loss and its perplexity."""
-    train = [v for _, v in scalars.get("train/loss", [])]
-    evals = [v for _, v in scalars.get("eval/loss", [])]
-    k = max(1, len(train) // 10)
-    eval_last = evals[-1] if evals else None
-    return {
-        "train_points": len(train),
-        "train_first": sum(train[:k]) / k if train else None,
-        "train_last": sum(train[-k:]) / k if train else None,
-        "eval_points": len(evals),
-        "eval_first": evals[0] if evals else None,
-        "eval_last": eval_last,
-        "perplexity": math.exp(eval_last) if eval_last is not None and eval_last < 700 else None,
-    }
-
-
-def plot_loss_curve(scalars: dict[str, list[tuple[int, float]]], dest: Path) -> Path | None:
-    """Train and eval loss against the step as a PNG (matplotlib's Agg canvas); None when nothing was logged."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    train, evals = scalars.get("train/loss", []), scalars.get("eval/loss", [])
-    if not train and not evals:
-        return None
-    fig = Figure(figsize=(7, 4), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.2)
-    if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", linewidth=1.5)
-    ax.axhline(EVAL_LOSS_TARGET, color="grey", linestyle="--", linewidth=1, label="target eval loss 1.0")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title("Training and eval loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dest, format="png")
-    return dest
 
 
 # --- success indicators -----------------------------------------------------------------------------------
@@ -588,82 +399,3 @@ def evaluate_run(
     )
     (out_dir / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", "utf-8")
     return result
-
-
-# --- the model card section ---------------------------------------------------------------------------------
-
-GROUP_TITLES = {
-    "scibench-test": "SciBench test problems (SciBench scoring: last \\boxed{}, 5% relative)",
-    "eval:mathcodeinstruct": "Held-out eval split: MathCodeInstruct",
-    "eval:scibench": "Held-out eval split: SciBench worked solutions",
-    "eval:chat": "Held-out eval split: chat",
-    "overall": "All scored problems",
-}
-
-
-def _cell(p: dict) -> str:
-    if not p["n"]:
-        return "n/a"
-    lo, hi = p["ci95"]
-    return f"{100 * p['accuracy']:.1f}% ({p['correct']}/{p['n']}; 95% CI {100 * lo:.1f}–{100 * hi:.1f}%)"
-
-
-def _fence(text: str) -> str:
-    """`text` in a code fence longer than any backtick run inside it."""
-    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
-    return f"{fence}text\n{text}\n{fence}"
-
-
-def _verdict(passed: bool | None) -> str:
-    return {True: "✅ pass", False: "❌ fail", None: "– not measured"}[passed]
-
-
-def evaluation_markdown(result: dict) -> str:
-    """The body of the model card's evaluation section (the card supplies the `## Evaluation` heading):
-    before/after table, success indicators, loss curves, the three prompts with both models' outputs."""
-    d = result["decoding"]
-    lines = [
-        f"Base model (before) and fine-tune (after) answered the same {result['scored']} problems "
-        f"(planned: {result['planned']['eval']} held-out eval examples, {result['planned']['scibench']} SciBench "
-        f"test problems), greedy decoding, up to {d['max_new_tokens']} new tokens, batches of {d['batch_size']}, "
-        f"{result['dtype']} on {result['device']}. Accuracy with Wilson 95% confidence intervals.",
-        "",
-        "| Problems | Before (base) | After (fine-tune) |",
-        "|---|---|---|",
-    ]
-    sl = result["scibench_lenient"]
-    for name, row in result["accuracy"].items():
-        lines.append(f"| {GROUP_TITLES.get(name, name)} | {_cell(row['before'])} | {_cell(row['after'])} |")
-        if name == SCIBENCH_GROUP and sl["before"]["n"]:
-            title = "SciBench, lenient parsing (\\frac, units, unboxed)"
-            lines.append(f"| {title} | {_cell(sl['before'])} | {_cell(sl['after'])} |")
-    for name in MODELS:
-        m = result["models"][name]
-        if m["budget_exhausted"]:
-            lines += ["", f"The time budget ({result['time_budget_s']} s) ran out: the {name} model scored "
-                          f"{m['scored']} of {m['planned']} problems."]  # fmt: skip
-    lines += [
-        "",
-        f"Generation: {result['generation_tokens_per_s']:.0f} tokens/s over {result['generation_tokens']} tokens; "
-        f"evaluation took {result['seconds']:.0f} s.",
-        "",
-        "### Success indicators",
-        "",
-        "| Indicator | Result | Measured |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {i['name']} | {_verdict(i['passed'])} | {i['detail']} |" for i in result["indicators"]]
-    if result["loss_curve"]:
-        lines += ["", "### Loss curves", "", f"![Training and eval loss]({result['loss_curve']})"]
-    lines += [
-        "",
-        "### The three test prompts",
-        "",
-        f"Sampled at temperature {d['prompts']['temperature']}, top_p {d['prompts']['top_p']}, "
-        f"seed {d['prompts']['seed']}, up to {d['max_new_tokens']} new tokens; full outputs.",
-    ]
-    for p in result["prompts"]:
-        lines += ["", f"**{p['prompt']}**"]
-        for name, label in (("base", "Base model"), ("finetuned", "Fine-tune")):
-            lines += ["", f"<details><summary>{label}</summary>", "", _fence(p[name]), "", "</details>"]
-    return "\n".join(lines) + "\n"

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from r1ft.chat import MATH_INSTRUCTION
 from r1ft.export.gguf_types import SUPPORTED_GGUF_TYPES
 
 log = logging.getLogger(__name__)
@@ -669,7 +670,6 @@ def _download_line(rel: str, repo_hint: str) -> str:
 
 def _usage(rel: str, repo_hint: str, gguf_type: str) -> list[str]:
     """Download, llama.cpp and Ollama instructions for one published file."""
-    from r1ft.chat import MATH_INSTRUCTION
 
     question = f"What is 3 + 5 * 2? {MATH_INSTRUCTION}"
     return [

@@ -14,6 +14,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from r1ft.chat import prompt_ids, user_message
+from r1ft.training.adapters import bnb_config
+
 log = logging.getLogger(__name__)
 
 CHECK_PROMPTS = [
@@ -33,9 +36,7 @@ def load_base_for_merge(base: str | Path, revision: str | None, quant: str, devi
     if revision and not Path(str(base)).exists():
         kwargs["revision"] = revision
     if quant == "nf4" and device == "cuda":
-        from r1ft.training.train import bnb_config
-
-        kwargs["quantization_config"] = bnb_config(None)  # type: ignore[arg-type]
+        kwargs["quantization_config"] = bnb_config()
         kwargs["device_map"] = {"": 0}
         model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
         model = model.dequantize()  # route B: exactly the weights the adapter was trained against
@@ -110,8 +111,6 @@ def max_logit_diff(model_a, model_b, tokenizer, prompts: list[str] = CHECK_PROMP
     """Largest absolute difference between two models' logits on the check prompts."""
     import torch
 
-    from r1ft.chat import prompt_ids, user_message
-
     worst = 0.0
     with torch.no_grad():
         for p in prompts:
@@ -120,3 +119,36 @@ def max_logit_diff(model_a, model_b, tokenizer, prompts: list[str] = CHECK_PROMP
             lb = model_b(input_ids=ids.to(model_b.device)).logits.float().cpu()
             worst = max(worst, (la - lb).abs().max().item())
     return worst
+
+
+def merge_to_dir(
+    base: Path,
+    revision: str | None,
+    adapter_dir: Path,
+    quant: str,
+    tokenizer,
+    out_dir: Path,
+    on_shard: Callable[[Path], None] | None = None,
+) -> dict:
+    """Load the base unquantized in bf16 (on the GPU when there is one), fold the adapter in, write the
+    shards (each handed to `on_shard`); returns `save_sharded`'s summary."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_base_for_merge(base, revision, quant, device, torch.bfloat16)
+    merged = merge_adapter(model, adapter_dir)
+    info = save_sharded(merged, tokenizer, out_dir, max_shard_size="2GB", on_shard=on_shard)
+    del merged, model
+    return info
+
+
+def adapter_logit_check(base: Path, adapter_dir: Path, tokenizer) -> float:
+    """Largest fp32 logit difference between the merged model and the base with the adapter attached."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    adapter_model = PeftModel.from_pretrained(plain, str(adapter_dir)).eval()
+    merged = merge_adapter(load_base_for_merge(base, None, "none", "cpu", torch.float32), adapter_dir)
+    return max_logit_diff(adapter_model, merged.eval(), tokenizer)

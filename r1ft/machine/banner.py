@@ -6,7 +6,7 @@ import importlib.metadata
 import platform
 from pathlib import Path
 
-from r1ft.checkpoints.watchdog import GB, free_bytes
+from r1ft.files import GB, free_bytes
 
 PACKAGES = (
     "torch",

@@ -1,4 +1,5 @@
-"""GPU names and memory without importing torch (for `r1ft plan`, which must answer in a second)."""
+"""The hardware a run trains on: read through torch in the job, through nvidia-smi (without importing
+torch) for `r1ft plan`, which must answer in a second."""
 
 from __future__ import annotations
 
@@ -6,6 +7,50 @@ import os
 import shutil
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What training runs on (read once at the edge, passed down). `gpu_mem_gb` 0 on a CUDA device means a
+    card not known yet (planning a rental from a laptop)."""
+
+    device: str  # "cuda" or "cpu"
+    gpu_name: str = ""
+    gpu_mem_gb: float = 0.0
+    gpu_count: int = 0
+    bf16: bool = False
+
+    @classmethod
+    def rental(cls) -> Hardware:
+        """A CUDA card of unknown size and model: what a plan made on a machine without a GPU assumes."""
+        return cls(device="cuda", bf16=True)
+
+
+def detect_hardware() -> Hardware:
+    """The GPU this process trains on, through torch (the job; torch is imported anyway)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return Hardware(device="cpu")
+    props = torch.cuda.get_device_properties(0)
+    return Hardware(
+        device="cuda",
+        gpu_name=props.name,
+        gpu_mem_gb=props.total_memory / 1e9,
+        gpu_count=torch.cuda.device_count(),
+        bf16=torch.cuda.is_bf16_supported(),
+    )
+
+
+def planning_hardware(on_cpu: bool, environ: Mapping[str, str] | None = None) -> Hardware:
+    """The hardware `r1ft plan` plans for, from nvidia-smi: the first visible GPU; with none, the CPU when
+    the run trains there (the smoke preset), else a rental card of unknown size."""
+    gpus = query_gpus(environ)
+    if gpus:
+        name, mem = gpus[0]
+        return Hardware(device="cuda", gpu_name=name, gpu_mem_gb=mem, gpu_count=len(gpus), bf16=True)
+    return Hardware(device="cpu") if on_cpu else Hardware.rental()
 
 
 def query_gpus(environ: Mapping[str, str] | None = None) -> list[tuple[str, float]]:

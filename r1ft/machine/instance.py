@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from r1ft.publish.destinations import redact, secret_values
+from r1ft.secrets import redact, secret_values
 
 if TYPE_CHECKING:
     from r1ft.settings import Settings

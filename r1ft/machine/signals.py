@@ -9,9 +9,11 @@ import logging
 import signal
 import threading
 
+from r1ft.job import ExitCode
+
 log = logging.getLogger(__name__)
 
-EXIT_CODES = {"SIGTERM": 143, "SIGINT": 130}
+EXIT_CODES = {"SIGTERM": ExitCode.SIGTERM, "SIGINT": ExitCode.SIGINT, "disk": ExitCode.DISK}
 
 
 class StopFlag:
@@ -46,5 +48,5 @@ class StopFlag:
         self._previous.clear()
 
     @property
-    def exit_code(self) -> int:
-        return EXIT_CODES.get(self.reason, 4 if self.reason == "disk" else 1)
+    def exit_code(self) -> ExitCode:
+        return EXIT_CODES.get(self.reason, ExitCode.FAILED)

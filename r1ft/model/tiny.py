@@ -30,6 +30,7 @@ ADDED_TOKENS = [
     (END_THINK, False),
 ]
 
+TINY_MODEL = "tiny"  # R1FT_BASE_MODEL's name for this model (the smoke preset's)
 TINY_VOCAB = 1024
 TINY_SHAPE = {
     "hidden_size": 64,

@@ -17,15 +17,17 @@ import sys
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import NoReturn
 
+from r1ft.job import ExitCode
+from r1ft.machine.gpu import visible_gpus
 from r1ft.settings import Settings
 
-log = logging.getLogger("r1ft")
+log = logging.getLogger(__name__)
 
 LAUNCH_VARS = ("LOCAL_RANK", "WORLD_SIZE")  # set by torchrun / accelerate launch for every worker
 BARRIER_TIMEOUT_S = 2 * 3600
 # Why training stops, as numbers every rank can agree on (the largest wins): see `agree_on_stop`.
 STOP_CODES = {"": 0, "SIGINT": 1, "SIGTERM": 2, "disk": 3}
-SIGNAL_EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
+SIGNAL_EXIT = {signal.SIGTERM: ExitCode.SIGTERM, signal.SIGINT: ExitCode.SIGINT}
 
 
 def world_size(settings: Settings, visible_gpus: int) -> int:
@@ -40,7 +42,6 @@ def use_one_gpu(environ: MutableMapping[str, str], gpus: Sequence[tuple] | None 
     when at most one is visible. A single training process that sees several GPUs makes transformers'
     Trainer wrap the model in nn.DataParallel, which TRL's SFTTrainer refuses. `gpus`: `visible_gpus()`
     if already read."""
-    from r1ft.machine.gpu import visible_gpus
 
     gpus = visible_gpus(environ) if gpus is None else gpus
     if len(gpus) <= 1:

@@ -21,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-log = logging.getLogger("r1ft")
+log = logging.getLogger(__name__)
 
 MIB = 2**20
 BUDGET_FRACTION = 0.75  # of the card's memory: 12 GB on a 16 GB card, headroom for the allocator elsewhere

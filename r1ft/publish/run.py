@@ -1,0 +1,95 @@
+"""Publishing a run: stage every file of the run directory's layout, write manifest.json LAST, commit (one
+Hub commit; S3 and directories are written file by file) and verify the destination against the manifest
+before anything is reported as published. A failure raises `PublishError`, whose message says where the
+outputs are and the exact command to retry. The merge step can stream shards through the same destination
+(`stage_file(..., delete_after=True)`) so a merged model never sits whole on disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from r1ft.files import format_bytes
+from r1ft.publish.connect import destination_for
+from r1ft.publish.destination import Destination, PublishError, PublishResult
+from r1ft.publish.manifest import (
+    CHECKPOINT_DIR,
+    LAYOUT_DIRS,
+    LAYOUT_FILES,
+    MANIFEST,
+    manifest_data,
+    run_files,
+)
+from r1ft.publish.retry import DEFAULT_RETRY, RetryPolicy
+from r1ft.secrets import redact, secret_values
+from r1ft.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def failure_message(
+    action: str, dest: Destination, exc: BaseException, secrets: list[str], after: str
+) -> str:
+    cause = redact(f"{type(exc).__name__}: {exc}", secrets)
+    return f"{action} {dest.location} failed: {cause}. {after}"
+
+
+def publish_run(
+    settings: Settings,
+    run_dir: Path,
+    run_id: str,
+    *,
+    dest: Destination | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> PublishResult:
+    """Publish the run directory's layout, write manifest.json last, commit, verify.
+
+    `dest` is the destination the merge step already streamed shards through (their entries are in
+    `dest.staged` and go into the manifest); by default the one `settings.output` names.
+    Raises PublishError (every output still in `run_dir`) when the transfer or the verification fails.
+    """
+    run_dir = Path(run_dir)
+    if not run_files(run_dir):
+        raise PublishError(
+            f"{run_dir} holds no run outputs ({', '.join(LAYOUT_DIRS + LAYOUT_FILES)}): nothing to publish; "
+            "check the --run-dir path"
+        )
+    secrets = secret_values(settings)
+    dest = dest if dest is not None else destination_for(settings, run_id, retry=retry)
+    keep = f"Every output is kept in {run_dir.resolve()}."
+    streamed = [p for p in dest.staged if p.startswith("merged/") and not (run_dir / p).exists()]
+    if streamed:
+        keep += f" ({len(streamed)} streamed merged shard(s) were already sent and removed locally.)"
+    command = f"r1ft publish --run-dir {run_dir}"
+    try:
+        if not dest.atomic:
+            dest.delete([MANIFEST])  # an older publish's manifest must not vouch for files being replaced
+        for rel in run_files(run_dir):
+            dest.stage_file(run_dir / rel, rel)
+        entries = [
+            e for p, e in dest.staged.items() if p != MANIFEST and not p.startswith(f"{CHECKPOINT_DIR}/")
+        ]
+        manifest_path = run_dir / MANIFEST
+        data = manifest_data(
+            entries, run_id=run_id, base_model=settings.base_model, base_revision=settings.base_revision
+        )
+        manifest_path.write_text(json.dumps(data, indent=2) + "\n")
+        manifest_entry = dest.stage_file(manifest_path, MANIFEST)  # last: its presence means complete
+        total = sum(e.size for e in entries)
+        dest.commit(f"r1ft: publish run {run_id} ({len(entries)} files, {format_bytes(total)})")
+        problems = dest.verify([*entries, manifest_entry])
+    except Exception as exc:
+        after = f"{keep} Retry with: {command}"
+        raise PublishError(failure_message("publishing to", dest, exc, secrets, after)) from exc
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise PublishError(
+            f"publishing to {dest.location} could not be verified: {shown}. {keep} Retry with: {command}"
+        )
+    message = (
+        f"published {len(entries) + 1} files ({format_bytes(total)}) to {dest.location}; "
+        f"verified against {MANIFEST}"
+    )
+    log.info("%s", message)
+    return PublishResult(dest.location, True, len(entries) + 1, total + manifest_entry.size, message)
