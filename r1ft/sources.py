@@ -37,6 +37,7 @@ SCIBENCH_NAMES = ("atkins", "chemmc", "quan", "matter", "fund", "class", "thermo
 HUB_PATTERNS = {
     "mathcodeinstruct": ["*.jsonl", "*.parquet"],
     "scibench": [f"*{name}{suffix}.json" for name in SCIBENCH_NAMES for suffix in ("", "_sol")],
+    "math500": ["*test*.jsonl", "*test*.parquet"],  # r1ft.tasks.math500 (an evaluation benchmark)
 }
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 STRUCTURAL = ("missing_field", "wrong_type", "unsupported_shape")  # on a file's first record: a wrong shape
