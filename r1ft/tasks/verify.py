@@ -21,7 +21,9 @@ which only works in a process's main thread and takes over SIGALRM while it runs
   main thread owns its alarms, the job's own process installs no signal handler, and it may call from any
   thread. A worker that does not answer within `deadline_s` (a computation the alarm cannot interrupt,
   such as a huge integer power inside C code) is killed with its pool; that answer is wrong with method
-  'timeout', and the rest are scored in a fresh pool.
+  'timeout', and the rest are scored in a fresh pool. Spawned workers import the calling program's
+  `__main__` unless it is a package's `__main__` module: it must be import-safe, as r1ft's entry points
+  are (`python -m r1ft`, the `r1ft` script, pytest).
 """
 
 from __future__ import annotations
