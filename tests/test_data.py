@@ -14,7 +14,7 @@ from r1ft import data, mix
 from r1ft.chat import IGNORE_INDEX, tokenize_example
 from r1ft.render import normalise_problem
 from r1ft.settings import load_settings
-from r1ft.sources import builtin_dir, read_records
+from r1ft.sources import builtin_dir, builtin_files, read_records
 
 
 def make_settings(tmp_path: Path, **values):
@@ -288,7 +288,7 @@ def test_batched_tokenization_matches_chat_module_on_both_paths(tiny_tokenizer):
 def _builtin_examples() -> list[dict]:
     from r1ft.render import render_mathcodeinstruct
 
-    (path,) = [p for p in builtin_dir().glob("*.jsonl")]
+    (path,) = builtin_files("mathcodeinstruct")  # the samples folder also holds MATH-500's
     return [render_mathcodeinstruct(r) for _, r in read_records(path)]
 
 
