@@ -13,8 +13,9 @@ from test_render import mci, sci  # the record builders (tests/ is on sys.path)
 from r1ft.chat import IGNORE_INDEX, tokenize_example
 from r1ft.data import mix
 from r1ft.data import prepare as data
-from r1ft.data.sources import builtin_dir
+from r1ft.data.sources import builtin_files
 from r1ft.data.stats import DataStats
+from r1ft.inputs import builtin_dir
 from r1ft.records import normalise_problem, read_records
 from r1ft.settings import load_settings
 
@@ -293,7 +294,7 @@ def test_batched_tokenization_matches_chat_module_on_both_paths(tiny_tokenizer):
 def _builtin_examples() -> list[dict]:
     from r1ft.data.render import render_mathcodeinstruct
 
-    (path,) = [p for p in builtin_dir().glob("*.jsonl")]
+    (path,) = builtin_files("mathcodeinstruct")  # the samples folder also holds MATH-500's
     return [render_mathcodeinstruct(r) for _, r in read_records(path)]
 
 

@@ -15,18 +15,15 @@ JSON comes back as a `BadRecord` to count, not an exception.
 
 from __future__ import annotations
 
-import glob
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from r1ft.data import render
-from r1ft.downloads import DownloadError, HubItem, snapshot
-from r1ft.files import sha256_file
-from r1ft.records import DATA_SUFFIXES, BadRecord, DataError, read_records
+from r1ft.inputs import Source, builtin_dir, env_name, file_sha256, local_files, resolve_spec, source_kind
+from r1ft.records import BadRecord, DataError, read_records
 from r1ft.tasks import scibench
 
 SOURCES = ("mathcodeinstruct", "scibench")
@@ -46,34 +43,6 @@ EXPECTED_SHAPE = {
 }
 
 
-@dataclass
-class Source:
-    """A source setting resolved to files on local disk."""
-
-    name: str  # "mathcodeinstruct" | "scibench"
-    spec: str  # the setting's value
-    origin: str  # "builtin" | "local" | "hub" | "none"
-    files: list[Path] = field(default_factory=list)
-    revision: str | None = None  # the Hub commit the files came from
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec,
-            "origin": self.origin,
-            "revision": self.revision,
-            "files": [str(f) for f in self.files],
-        }
-
-
-def env_name(source: str, what: str = "SOURCE") -> str:
-    return f"R1FT_{source.upper()}_{what}"
-
-
-def builtin_dir() -> Path:
-    """The shipped samples (`r1ft/assets/samples/`)."""
-    return Path(str(resources.files("r1ft.assets").joinpath("samples")))
-
-
 def builtin_files(source: str) -> list[Path]:
     root = builtin_dir()
     if source == "mathcodeinstruct":
@@ -81,89 +50,21 @@ def builtin_files(source: str) -> list[Path]:
     return sorted((root / "scibench").glob("*.json"))
 
 
-def source_kind(spec: str) -> str:
-    """'none', 'builtin', 'local' or 'hub' for a source setting (no I/O beyond a path existence check)."""
-    value = spec.strip()
-    if value.lower() in ("none", ""):
-        return "none"
-    if value.lower() == "builtin":
-        return "builtin"
-    path = Path(value).expanduser()
-    if path.exists() or path.suffix in DATA_SUFFIXES or any(c in value for c in "*?[") or value[0] in "/.~":
-        return "local"
-    return "hub" if _HUB_ID.fullmatch(value) else "local"
-
-
-def local_files(spec: str, setting: str) -> list[Path]:
-    """The data files of a local file, directory (recursive) or glob, sorted; DataError if there are none."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
-    else:
-        files = sorted(
-            Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).suffix in DATA_SUFFIXES
-        )
-    if not files:
-        where = (
-            "matches no file"
-            if any(c in spec for c in "*?[")
-            else "does not exist"
-            if not path.exists()
-            else "holds no .jsonl/.json/.parquet file"
-        )
-        raise DataError(
-            f"{setting}={spec!r} {where} ({path.resolve()}); point it at a .jsonl, .json or .parquet file, "
-            "a directory or a glob of them"
-        )
-    return files
-
-
 def resolve(settings, source: str) -> Source:
     """The source's files on local disk, downloading a Hub dataset into `{work_dir}/hf_cache` if needed."""
-    spec = getattr(settings, f"{source}_source")
-    kind = source_kind(spec)
-    if kind == "none":
-        return Source(source, spec, "none")
-    if kind == "builtin":
-        return Source(source, spec, "builtin", builtin_files(source))
-    if kind == "local":
-        return Source(source, spec, "local", local_files(spec, env_name(source)))
-    revision = getattr(settings, f"{source}_revision")
     token = settings.hf_token.get_secret_value() if settings.hf_token is not None else None
-    root = hub_download(spec.strip(), revision, Path(settings.work_dir) / "hf_cache", token, source)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
-    if not files:
-        raise DataError(
-            f"the Hub dataset {spec} at revision {revision!r} has no file matching {HUB_PATTERNS[source]}; "
-            f"check {env_name(source)} / {env_name(source, 'REVISION')}, "
-            f"or point {env_name(source)} at a local copy"
-        )
-    return Source(source, spec, "hub", files, revision=root.name)
-
-
-def hub_download(repo: str, revision: str, cache_dir: Path, token: str | None, source: str) -> Path:
-    """The source's data files from the Hub (`r1ft.downloads`); a failure is a DataError saying what to do."""
-    item = HubItem(repo, "dataset", revision, env_name(source), env_name(source, "REVISION"))
-    try:
-        return snapshot(item, cache_dir, token, HUB_PATTERNS[source])
-    except DownloadError as e:
-        raise DataError(f"{e} (a file, directory or glob)") from e
+    return resolve_spec(
+        source,
+        getattr(settings, f"{source}_source"),
+        getattr(settings, f"{source}_revision"),
+        Path(settings.work_dir) / "hf_cache",
+        token,
+        builtin_files(source),
+        HUB_PATTERNS[source],
+    )
 
 
 # --- identity (for the fingerprint) ---------------------------------------------------------------------
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """The file's sha256, memoised on (path, size, mtime) for the process."""
-    st = path.stat()
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _HASHES:
-        _HASHES[memo] = sha256_file(path)
-    return _HASHES[memo]
 
 
 def identity(settings, source: str) -> dict[str, Any]:
