@@ -1,0 +1,89 @@
+"""Decode attention over the engine's KV cache: one new query token per row, keys and values read from that
+row's slot, only its first `lens[b]` positions.
+
+The cache of one layer is `k_cache, v_cache: [slots, kv_heads, max_len, head_dim]` (contiguous rows, one per
+slot). `q: [rows, q_heads, head_dim]`; row b reads slot `slots[b]`; query heads are grouped over the KV
+heads (GQA: query head h reads KV head h // (q_heads // kv_heads), as HF's `repeat_kv` does).
+
+Two implementations of the same math: `reference` (pure torch, the CPU engine's and the check's) and, on
+CUDA, a Triton flash-decoding kernel with split-K (`r1ft.evaluation.triton_decode`): each (row, KV head,
+split) program reads one `chunk` of the row's keys for all of that head's query heads, and a second kernel
+combines the splits by their log-sum-exp. Splits past a row's length do nothing, so a step reads only the
+valid KV of every row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+BLOCK_N = 64  # keys per inner iteration of the kernel; a split's chunk is a multiple of it
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How a decode step of `rows` rows splits each row's keys: `chunk` keys per split, `splits` in all."""
+
+    chunk: int
+    splits: int
+
+
+def split_plan(rows: int, max_len: int) -> SplitPlan:
+    """Chunks of 512 keys (256 at 16 rows or fewer, so that a short batch of long rows still fills the SMs)."""
+    chunk = 256 if rows <= 16 else 512
+    return SplitPlan(chunk, max(1, math.ceil(max_len / chunk)))
+
+
+def reference(q, k_cache, v_cache, slots, lens, scale: float):
+    """Attention of each row's query over keys [0, lens[b]) of slot slots[b], in fp32; returns q's dtype."""
+    import torch
+
+    rows, q_heads, head_dim = q.shape
+    kv_heads = k_cache.shape[1]
+    group = q_heads // kv_heads
+    longest = int(lens.max())
+    k = k_cache[slots, :, :longest].float()  # [rows, kv_heads, longest, head_dim]
+    v = v_cache[slots, :, :longest].float()
+    qf = q.float().view(rows, kv_heads, group, head_dim)
+    scores = torch.einsum("bhgd,bhld->bhgl", qf, k) * scale
+    valid = torch.arange(longest, device=q.device)[None, :] < lens[:, None].to(q.device)
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    out = torch.einsum("bhgl,bhld->bhgd", scores.softmax(-1), v)
+    return out.reshape(rows, q_heads, head_dim).to(q.dtype)
+
+
+def triton_available() -> bool:
+    """Triton importable (it ships with torch's CUDA wheels; the CPU dev set carries it for its interpreter)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Workspace:
+    """The kernel's partial results for up to `rows` rows (fp32 outputs and log-sum-exps of every split),
+    allocated once so that a CUDA graph can capture the kernels."""
+
+    def __init__(self, rows: int, q_heads: int, head_dim: int, max_len: int, device):
+        import torch
+
+        most = split_plan(1, max_len).splits  # the smallest chunk: the most splits
+        self.part_o = torch.empty(rows, q_heads, most, head_dim, dtype=torch.float32, device=device)
+        self.part_lse = torch.empty(rows, q_heads, most, dtype=torch.float32, device=device)
+
+    def bytes(self) -> int:
+        return self.part_o.numel() * 4 + self.part_lse.numel() * 4
+
+
+def attend(q, k_cache, v_cache, slots, lens, scale: float, workspace: Workspace | None, out=None):
+    """Decode attention: the Triton kernel when given a workspace (CUDA), else the torch reference."""
+    if workspace is None:
+        result = reference(q, k_cache, v_cache, slots, lens, scale)
+        if out is None:
+            return result
+        out.copy_(result)
+        return out
+    from r1ft.evaluation import triton_decode
+
+    return triton_decode.decode_attention(q, k_cache, v_cache, slots, lens, scale, workspace, out)
