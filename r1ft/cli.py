@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("src", help="hf://owner/name[@rev], s3://bucket/prefix, or a directory")
     c.add_argument("dest", type=Path, help="local directory to write")
 
-    from r1ft.bench import add_arguments
+    from r1ft.bench.training import add_arguments
 
     add_arguments(
         sub.add_parser("bench", help="GPU benchmark of training variants (see docs/performance.md)")
@@ -189,7 +189,7 @@ def cmd_collect(settings: Settings, args) -> int:
 
 
 def cmd_bench(settings: Settings, args) -> int:
-    from r1ft.bench import main as bench_main
+    from r1ft.bench.training import main as bench_main
 
     if args.out is None and os.environ.get("OUT"):  # the GPU machine's output folder
         args.out = Path(os.environ["OUT"]) / "bench.json"

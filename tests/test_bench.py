@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from r1ft import bench, benchdata
+from r1ft import benchdata
+from r1ft.bench import training as bench
 from r1ft.settings import load_settings
 from r1ft.tiny import base_config
 
