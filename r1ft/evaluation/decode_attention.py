@@ -87,3 +87,56 @@ def attend(q, k_cache, v_cache, slots, lens, scale: float, workspace: Workspace 
     from r1ft.evaluation import triton_decode
 
     return triton_decode.decode_attention(q, k_cache, v_cache, slots, lens, scale, workspace, out)
+
+
+CHECK_CASES = ((3, 12, 2, 128, 1100), (20, 4, 2, 16, 600), (2, 4, 4, 32, 64), (40, 12, 2, 128, 4097))
+
+
+@dataclass(frozen=True)
+class KernelCheck:
+    """The Triton kernel against `reference` on one random case."""
+
+    rows: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    row_len: int
+    dtype: str
+    max_abs_error: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_error <= self.tolerance
+
+
+def check_kernel(
+    device: str, dtype_name: str = "float32", cases=CHECK_CASES, seed: int = 0
+) -> list[KernelCheck]:
+    """Random caches and queries (row lengths from 1 to the full row, slots shared by several rows): the
+    kernel's output against the reference. Runs on CUDA, or on CPU under TRITON_INTERPRET=1 (fp32 only:
+    the interpreter's tl.dot mishandles bf16 in Triton 3.6). The environment must be set before the
+    first import of triton in the process."""
+    import torch
+
+    from r1ft.evaluation import triton_decode
+
+    dtype = getattr(torch, dtype_name)
+    tolerance = 2e-5 if dtype == torch.float32 else 2e-2
+    gen = torch.Generator().manual_seed(seed)
+    results = []
+    for rows, q_heads, kv_heads, head_dim, row_len in cases:
+        slots_n = 5
+        k = torch.randn(slots_n, kv_heads, row_len, head_dim, generator=gen).to(device, dtype)
+        v = torch.randn(slots_n, kv_heads, row_len, head_dim, generator=gen).to(device, dtype)
+        q = torch.randn(rows, q_heads, head_dim, generator=gen).to(device, dtype)
+        slots = torch.randint(0, slots_n, (rows,), generator=gen).to(device)
+        lens = torch.randint(1, row_len + 1, (rows,), generator=gen).to(torch.int32)
+        lens[0], lens[-1] = row_len, 1
+        lens = lens.to(device)
+        ws = Workspace(rows, q_heads, head_dim, row_len, device)
+        out = triton_decode.decode_attention(q, k, v, slots, lens, head_dim**-0.5, ws)
+        want = reference(q, k, v, slots, lens, head_dim**-0.5)
+        err = (out.float() - want.float()).abs().max().item()
+        results.append(KernelCheck(rows, q_heads, kv_heads, head_dim, row_len, dtype_name, err, tolerance))
+    return results

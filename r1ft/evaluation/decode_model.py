@@ -138,7 +138,9 @@ class Qwen2Runner:
         s = self.shape
         self.kv = None
         self.kv = torch.empty(s.layers, 2, slots + 1, s.kv_heads, row_len, s.head_dim, dtype=self.dtype, device=self.device)  # fmt: skip
-        freqs = torch.arange(row_len, device=self.device, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        freqs = (
+            torch.arange(row_len, device=self.device, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        )
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos = (emb.cos() * self.rope_scaling).to(self.dtype)
         self.sin = (emb.sin() * self.rope_scaling).to(self.dtype)
@@ -172,7 +174,11 @@ class Qwen2Runner:
             self.kv[i, 1, slots, :, :length] = v
             # Right padding with a causal mask: a real query never sees a padded key (they come after it).
             a = F.scaled_dot_product_attention(
-                q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), is_causal=True, scale=self.scale
+                q,
+                k.repeat_interleave(group, 1),
+                v.repeat_interleave(group, 1),
+                is_causal=True,
+                scale=self.scale,
             )
             x = x + F.linear(a.transpose(1, 2).reshape(n, length, s.q_heads * s.head_dim), w.wo)
             h = _rms_norm(x, w.ln2, s.eps)

@@ -235,7 +235,9 @@ class Engine:
         self._memory_bound = fits.slots < wanted
         while True:
             try:
-                self._allocate(CachePlan(slots, row_len, fits.slot_bytes, fits.reserve_bytes, fits.free_bytes))
+                self._allocate(
+                    CachePlan(slots, row_len, fits.slot_bytes, fits.reserve_bytes, fits.free_bytes)
+                )
                 self._warm_up(sampler)
                 break
             except torch.OutOfMemoryError as e:
@@ -255,7 +257,9 @@ class Engine:
         s = self.runner.shape
         self.runner.allocate_cache(plan.slots, plan.row_len)
         if self.use_kernel:
-            self.workspace = decode_attention.Workspace(plan.slots, s.q_heads, s.head_dim, plan.row_len, self.device)
+            self.workspace = decode_attention.Workspace(
+                plan.slots, s.q_heads, s.head_dim, plan.row_len, self.device
+            )
         self.plan = plan
 
     def _warm_up(self, sampler: Sampling) -> None:
@@ -497,8 +501,6 @@ class _Run:
     def _decode(self, rows) -> None:
         import bisect
 
-        import torch
-
         n = len(rows)
         bucket = self._buckets[bisect.bisect_left(self._buckets, n)]
         inp, run = self.e._step_runner(bucket, self.sampling)
@@ -508,7 +510,9 @@ class _Run:
         h[2, n:] = self.e.plan.slots  # padding rows: the scratch slot
         h[0, :n], h[1, :n], h[2, :n] = self.next_tok[rows], self.pos[rows], rows
         h[3, :n], h[4, :n] = self.count[rows], self.seed[rows]
-        inp.copy_(host, non_blocking=True)  # the host buffer is reused only after this step's results are read
+        inp.copy_(
+            host, non_blocking=True
+        )  # the host buffer is reused only after this step's results are read
         result, logits = run()
         out = result[:, :n].tolist()
         chosen, covered = out[0], out[1]

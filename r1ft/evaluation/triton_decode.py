@@ -40,7 +40,9 @@ def _split_kernel(
         head_ok = g < GROUP
         heads = kvh * GROUP + g
         d = tl.arange(0, HEAD_DIM)
-        q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=head_ok[:, None], other=0.0)
+        q = tl.load(
+            Q + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=head_ok[:, None], other=0.0
+        )
         end = tl.minimum(start + CHUNK, length)
         k_base = K + slot * stride_ks + kvh * stride_kh
         v_base = V + slot * stride_vs + kvh * stride_vh
@@ -87,7 +89,11 @@ def _combine_kernel(
     lse = tl.load(PART_LSE + b * stride_lb + h * stride_lh + s, mask=s_ok, other=float("-inf"))
     w = tl.exp(lse - tl.max(lse, 0))
     w = tl.where(s_ok, w, 0.0)
-    o = tl.load(PART_O + b * stride_ob + h * stride_oh + s[:, None] * stride_os + d[None, :], mask=s_ok[:, None], other=0.0)
+    o = tl.load(
+        PART_O + b * stride_ob + h * stride_oh + s[:, None] * stride_os + d[None, :],
+        mask=s_ok[:, None],
+        other=0.0,
+    )
     out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
     tl.store(OUT + b * stride_outb + h * stride_outh + d, out.to(OUT.dtype.element_ty))
 
