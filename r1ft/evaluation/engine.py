@@ -106,6 +106,9 @@ class EngineStats:
     cache_bytes: int = 0
     graphs: int = 0
     oom_fallbacks: list[str] = field(default_factory=list)
+    step_log: list[tuple[int, float]] = field(
+        default_factory=list
+    )  # (rows, seconds) per decode step, if asked
 
     @property
     def tokens_per_s(self) -> float:
@@ -181,6 +184,7 @@ class Engine:
         memory_fraction: float = MEMORY_FRACTION,
         use_graphs: bool | None = None,
         free_memory: Callable[[], int] | None = None,
+        record_steps: bool = False,
     ):
         self.runner = Qwen2Runner(model)
         self.eos = -1 if eos_id is None else int(eos_id)
@@ -189,6 +193,7 @@ class Engine:
         self.use_graphs = self.cuda if use_graphs is None else use_graphs
         self.use_kernel = self.cuda and decode_attention.triton_available()
         self.max_slots, self.memory_fraction = max_slots, memory_fraction
+        self.record_steps = record_steps
         self._free_memory = free_memory or self._cuda_free_memory
         self.plan: CachePlan | None = None
         self.workspace = None
@@ -510,11 +515,13 @@ class _Run:
         h[2, n:] = self.e.plan.slots  # padding rows: the scratch slot
         h[0, :n], h[1, :n], h[2, :n] = self.next_tok[rows], self.pos[rows], rows
         h[3, :n], h[4, :n] = self.count[rows], self.seed[rows]
-        inp.copy_(
-            host, non_blocking=True
-        )  # the host buffer is reused only after this step's results are read
+        t0 = time.perf_counter()
+        # non-blocking: the host buffer is written again only after this step's results are read
+        inp.copy_(host, non_blocking=True)
         result, logits = run()
         out = result[:, :n].tolist()
+        if self.e.record_steps:
+            self.e.stats.step_log.append((n, time.perf_counter() - t0))
         chosen, covered = out[0], out[1]
         if not self.sampling.greedy and not all(covered):
             chosen = self._full_sort(chosen, covered, logits[:n], inp[4, :n], inp[3, :n])
