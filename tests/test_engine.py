@@ -231,6 +231,7 @@ def test_reference_attention_equals_sdpa_per_row():
     v = torch.randn(4, 2, 40, 16, generator=gen)
     q = torch.randn(3, 6, 16, generator=gen)
     slots, lens = torch.tensor([2, 0, 2]), torch.tensor([40, 1, 17], dtype=torch.int32)
+    k[0, :, 1:] = v[0, :, 1:] = float("nan")  # never written: must not reach row 1's output
     out = decode_attention.reference(q, k, v, slots, lens, 0.25)
     for b in range(3):
         kk = k[slots[b], :, : lens[b]].repeat_interleave(3, 0)

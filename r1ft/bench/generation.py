@@ -18,12 +18,18 @@ Definitions (also in the JSON):
   model is built (cache allocation, warm-up, graph capture and compilation included).
 - requests/s: completed requests over the same time.
 - peak: `torch.cuda.max_memory_allocated` over the run (weights included).
-- The `hf*` baselines run time-bounded (`--baseline-seconds`): a fixed batch of `generate` waits for its
-  longest row, and its dynamic cache grows by concatenation, so a full run of the length mix would take
-  too long. Their full-mix figure is projected from the measured decode steps: step time fitted as
-  a + b x (step index) over the measured steps, summed over every batch's longest row.
+- The `hf*` baselines run time-bounded (`--baseline-seconds`; hf_static 60 s more, for its compilation):
+  a fixed batch of `generate` waits for its longest row, and its dynamic cache grows by concatenation, so
+  a full run of the length mix would take too long. Their projected figure is the whole request set's
+  rate from the measured decode steps: step time fitted as a + b x (step index) over the first batch's
+  steps, summed over every batch's longest row (a time-bounded prefix alone would flatter them: early
+  steps are cheap and every row still useful).
+- The engine's projected figure simulates its own schedule (slots, refill rule) on the default
+  evaluation's request count with lengths from the length model, each step timed by a + b x rows fitted
+  to the measured steps, prefill at the measured rate: a short benchmark overweights its tail.
 - projected evaluation: the default evaluation's tokens (`--problems` x `--k` x `--models` answers at the
-  length model's mean under the cap) over the variant's (full-mix) tokens/s, plus each model's setup.
+  length model's mean under the cap) over the projected tokens/s (else the measured), plus each model's
+  setup (the engine's cache allocation and warm-up; the baselines' first call).
 - `check` (GPU): the Triton kernel against the torch reference (fp32, bf16), greedy equality of the engine
   with HF `generate` on the full-size shape in fp32, and the first divergence in bf16.
 """
@@ -142,11 +148,11 @@ def run_variant(spec: dict, work: Path) -> dict[str, Any]:
     result.unlink(missing_ok=True)
     log = work / f"{name}.log"
     cmd = [sys.executable, "-m", "r1ft.bench.generation", "--worker", str(spec_path)]
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     try:
         with log.open("w") as f:
-            proc = subprocess.run(
-                cmd, stdout=f, stderr=subprocess.STDOUT, timeout=spec["timeout"], check=False
-            )
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=spec["timeout"],
+                                  env={**os.environ, "PYTHONPATH": path}, check=False)  # fmt: skip
     except subprocess.TimeoutExpired:
         return {
             "name": name,
@@ -228,7 +234,7 @@ def render(report: dict) -> str:
             continue
         rate = r["tokens_per_s"]
         shown = f"{rate:,.0f}" + (
-            f" (full mix {r['projected_tokens_per_s']:,.0f})" if r.get("projected_tokens_per_s") else ""
+            f" (projected {r['projected_tokens_per_s']:,.0f})" if r.get("projected_tokens_per_s") else ""
         )
         ratio = f"{r['ratio']:.1f}x" if r.get("ratio") else "n/a"
         proj = f"{r['projected_eval_s'] / 60:.1f} min" if r.get("projected_eval_s") else "n/a"

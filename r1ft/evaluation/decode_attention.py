@@ -42,11 +42,14 @@ def reference(q, k_cache, v_cache, slots, lens, scale: float):
     kv_heads = k_cache.shape[1]
     group = q_heads // kv_heads
     longest = int(lens.max())
-    k = k_cache[slots, :, :longest].float()  # [rows, kv_heads, longest, head_dim]
-    v = v_cache[slots, :, :longest].float()
+    valid = torch.arange(longest, device=q.device)[None, :] < lens[:, None].to(q.device)
+    # Positions past a row's length were never written (the cache is torch.empty): zeroed, since a NaN
+    # there would survive a zero attention weight.
+    keep = valid[:, None, :, None]
+    k = torch.where(keep, k_cache[slots, :, :longest].float(), 0.0)  # [rows, kv_heads, longest, head_dim]
+    v = torch.where(keep, v_cache[slots, :, :longest].float(), 0.0)
     qf = q.float().view(rows, kv_heads, group, head_dim)
     scores = torch.einsum("bhgd,bhld->bhgl", qf, k) * scale
-    valid = torch.arange(longest, device=q.device)[None, :] < lens[:, None].to(q.device)
     scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
     out = torch.einsum("bhgl,bhld->bhgd", scores.softmax(-1), v)
     return out.reshape(rows, q_heads, head_dim).to(q.dtype)
@@ -113,8 +116,8 @@ class KernelCheck:
 def check_kernel(
     device: str, dtype_name: str = "float32", cases=CHECK_CASES, seed: int = 0
 ) -> list[KernelCheck]:
-    """Random caches and queries (row lengths from 1 to the full row, slots shared by several rows): the
-    kernel's output against the reference. Runs on CUDA, or on CPU under TRITON_INTERPRET=1 (fp32 only:
+    """Random caches and queries (row lengths from 1 to the full row, slots shared by several rows, NaN
+    past the longest row of each slot, as never-written cache): the kernel's output against the reference. Runs on CUDA, or on CPU under TRITON_INTERPRET=1 (fp32 only:
     the interpreter's tl.dot mishandles bf16 in Triton 3.6). The environment must be set before the
     first import of triton in the process."""
     import torch
@@ -133,6 +136,10 @@ def check_kernel(
         slots = torch.randint(0, slots_n, (rows,), generator=gen).to(device)
         lens = torch.randint(1, row_len + 1, (rows,), generator=gen).to(torch.int32)
         lens[0], lens[-1] = row_len, 1
+        for slot in range(slots_n):  # never-written positions (NaN here) must not reach the output
+            used = lens[slots.cpu() == slot]
+            k[slot, :, int(used.max()) if len(used) else 0 :] = float("nan")
+            v[slot, :, int(used.max()) if len(used) else 0 :] = float("nan")
         lens = lens.to(device)
         ws = Workspace(rows, q_heads, head_dim, row_len, device)
         out = triton_decode.decode_attention(q, k, v, slots, lens, head_dim**-0.5, ws)

@@ -190,8 +190,9 @@ class Engine:
         self.eos = -1 if eos_id is None else int(eos_id)
         self.device = self.runner.device
         self.cuda = self.device.type == "cuda"
-        self.use_graphs = self.cuda if use_graphs is None else use_graphs
         self.use_kernel = self.cuda and decode_attention.triton_available()
+        # The torch reference reads `lens.max()` on the host: only the kernel can be captured.
+        self.use_graphs = self.use_kernel if use_graphs is None else use_graphs and self.use_kernel
         self.max_slots, self.memory_fraction = max_slots, memory_fraction
         self.record_steps = record_steps
         self._free_memory = free_memory or self._cuda_free_memory

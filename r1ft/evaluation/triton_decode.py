@@ -6,8 +6,8 @@ b's slot, clipped to lens[b], for the `group` query heads of KV head h (padded t
 smallest `tl.dot` tile), with the online softmax of flash attention; it writes its normalized output and
 log-sum-exp. A split that starts at or past lens[b] writes nothing. `_combine_kernel`, grid (rows,
 q_heads): weights the row's live splits (the first ceil(lens[b] / chunk)) by exp(lse - max lse).
-Accumulation is fp32; the dots run in IEEE fp32 for fp32 inputs (no TF32), in bf16 with fp32
-accumulation for bf16 inputs (P is cast to V's dtype before P @ V, as flash attention does).
+Accumulation is fp32; the dots run in IEEE fp32 for fp32 inputs (no TF32: the fp32 check against HF
+must be exact to rounding), in bf16 with fp32 accumulation for bf16 inputs (P is cast to V's dtype before P @ V, as flash attention does).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def _split_kernel(
     stride_ob, stride_oh, stride_os,
     stride_lb, stride_lh,
     scale,
+    PRECISION: tl.constexpr,
     CHUNK: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
@@ -57,14 +58,14 @@ def _split_kernel(
                 n = n0 + tl.arange(0, BLOCK_N)
                 key_ok = n < end
                 k = tl.load(k_base + n[:, None] * stride_kt + d[None, :], mask=key_ok[:, None], other=0.0)
-                scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+                scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
                 scores = tl.where(key_ok[None, :], scores, float("-inf"))
                 m_new = tl.maximum(m, tl.max(scores, 1))
                 alpha = tl.exp(m - m_new)
                 p = tl.exp(scores - m_new[:, None])
                 l = l * alpha + tl.sum(p, 1)  # noqa: E741
                 v = tl.load(v_base + n[:, None] * stride_vt + d[None, :], mask=key_ok[:, None], other=0.0)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
                 m = m_new
         o_ptr = PART_O + b * stride_ob + heads[:, None] * stride_oh + s * stride_os + d[None, :]
         tl.store(o_ptr, acc / l[:, None], mask=head_ok[:, None])
@@ -121,6 +122,7 @@ def decode_attention(q, k_cache, v_cache, slots, lens, scale: float, workspace: 
         po.stride(0), po.stride(1), po.stride(2),
         pl.stride(0), pl.stride(1),
         scale,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32: the default, moot for bf16
         CHUNK=plan.chunk, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N, HEAD_DIM=head_dim,
     )  # fmt: skip
     _combine_kernel[(rows, q_heads)](
