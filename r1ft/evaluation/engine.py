@@ -295,17 +295,16 @@ class Engine:
 
     def _step_fn(self, sampler: Sampling):
         """The decode step as a function of its input [5, rows] (tokens, positions, slots, steps, seeds):
-        returns [2, rows] (next token, nucleus covered) and the fp32 logits."""
+        returns [2, rows] (next token, nucleus covered) and the fp32 logits (sampled: for the full sort)."""
         import torch
 
         def step(inp):
             tokens, positions, slots, steps, seeds = inp
             lens = (positions + 1).to(torch.int32)
             logits = self.runner.decode(tokens, positions, slots, lens, self.workspace).float()
-            if sampler.greedy:
-                chosen, covered = draw.greedy(logits), torch.ones_like(tokens)
-            else:
-                chosen, covered = draw.nucleus(logits, sampler.temperature, sampler.top_p, seeds, steps)
+            if sampler.greedy:  # the logits stay a temporary of the graph (an output would pin its memory)
+                return torch.stack([draw.greedy(logits), torch.ones_like(tokens)]), None
+            chosen, covered = draw.nucleus(logits, sampler.temperature, sampler.top_p, seeds, steps)
             return torch.stack([chosen, covered.long()]), logits
 
         return step
