@@ -2,7 +2,8 @@
 CUDA, or on CPU under Triton's interpreter with TRITON_INTERPRET=1 set before the import).
 
 `_split_kernel`, grid (rows, kv_heads, splits): program (b, h, s) reads keys [s*chunk, (s+1)*chunk) of row
-b's slot, clipped to lens[b], for the `group` query heads of KV head h (padded to BLOCK_H >= 16 rows, the
+b's slot, clipped to lens[b] (a loop over a runtime bound on the GPU; a static one, under the
+interpreter, that skips blocks past the end), for the `group` query heads of KV head h (padded to BLOCK_H >= 16 rows, the
 smallest `tl.dot` tile), with the online softmax of flash attention; it writes its normalized output and
 log-sum-exp. A split that starts at or past lens[b] writes nothing. `_combine_kernel`, grid (rows,
 q_heads): weights the row's live splits (the first ceil(lens[b] / chunk)) by exp(lse - max lse).
@@ -12,10 +13,32 @@ must be exact to rounding), in bf16 with fp32 accumulation for bf16 inputs (P is
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
 from r1ft.evaluation.decode_attention import BLOCK_N, Workspace, split_plan
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # as Triton reads it, at import
+
+
+@triton.jit
+def _block(q, k_base, v_base, n0, end, stride_kt, stride_vt, scale, m, denom, acc,
+           PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):  # fmt: skip
+    """One BLOCK_N of keys from n0 (those below `end`) into the online softmax state (m, denom, acc)."""
+    d = tl.arange(0, HEAD_DIM)
+    n = n0 + tl.arange(0, BLOCK_N)
+    key_ok = n < end
+    k = tl.load(k_base + n[:, None] * stride_kt + d[None, :], mask=key_ok[:, None], other=0.0)
+    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+    scores = tl.where(key_ok[None, :], scores, float("-inf"))
+    m_new = tl.maximum(m, tl.max(scores, 1))
+    alpha = tl.exp(m - m_new)
+    p = tl.exp(scores - m_new[:, None])
+    v = tl.load(v_base + n[:, None] * stride_vt + d[None, :], mask=key_ok[:, None], other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, denom * alpha + tl.sum(p, 1), acc
 
 
 @triton.jit
@@ -27,7 +50,7 @@ def _split_kernel(
     stride_ob, stride_oh, stride_os,
     stride_lb, stride_lh,
     scale,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, STATIC_LOOP: tl.constexpr,
     CHUNK: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0)
@@ -48,28 +71,23 @@ def _split_kernel(
         k_base = K + slot * stride_ks + kvh * stride_kh
         v_base = V + slot * stride_vs + kvh * stride_vh
         m = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-        l = tl.zeros([BLOCK_H], dtype=tl.float32)  # noqa: E741
+        denom = tl.zeros([BLOCK_H], dtype=tl.float32)
         acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
-        # A static trip count (Triton's interpreter cannot loop over a runtime bound); iterations past the
-        # row's end are skipped.
-        for i in range(0, CHUNK // BLOCK_N):
-            n0 = start + i * BLOCK_N
-            if n0 < end:
-                n = n0 + tl.arange(0, BLOCK_N)
-                key_ok = n < end
-                k = tl.load(k_base + n[:, None] * stride_kt + d[None, :], mask=key_ok[:, None], other=0.0)
-                scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-                scores = tl.where(key_ok[None, :], scores, float("-inf"))
-                m_new = tl.maximum(m, tl.max(scores, 1))
-                alpha = tl.exp(m - m_new)
-                p = tl.exp(scores - m_new[:, None])
-                l = l * alpha + tl.sum(p, 1)  # noqa: E741
-                v = tl.load(v_base + n[:, None] * stride_vt + d[None, :], mask=key_ok[:, None], other=0.0)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-                m = m_new
+        if STATIC_LOOP:
+            # Triton's interpreter cannot loop over a runtime bound: a static trip count, iterations past
+            # the row's end skipped.
+            for i in range(0, CHUNK // BLOCK_N):
+                n0 = start + i * BLOCK_N
+                if n0 < end:
+                    m, denom, acc = _block(q, k_base, v_base, n0, end, stride_kt, stride_vt, scale,
+                                           m, denom, acc, PRECISION, BLOCK_N, HEAD_DIM)  # fmt: skip
+        else:  # on the GPU: a plain loop, which Triton software-pipelines
+            for n0 in range(start, end, BLOCK_N):
+                m, denom, acc = _block(q, k_base, v_base, n0, end, stride_kt, stride_vt, scale,
+                                       m, denom, acc, PRECISION, BLOCK_N, HEAD_DIM)  # fmt: skip
         o_ptr = PART_O + b * stride_ob + heads[:, None] * stride_oh + s * stride_os + d[None, :]
-        tl.store(o_ptr, acc / l[:, None], mask=head_ok[:, None])
-        tl.store(PART_LSE + b * stride_lb + heads * stride_lh + s, m + tl.log(l), mask=head_ok)
+        tl.store(o_ptr, acc / denom[:, None], mask=head_ok[:, None])
+        tl.store(PART_LSE + b * stride_lb + heads * stride_lh + s, m + tl.log(denom), mask=head_ok)
 
 
 @triton.jit
@@ -123,6 +141,7 @@ def decode_attention(q, k_cache, v_cache, slots, lens, scale: float, workspace: 
         pl.stride(0), pl.stride(1),
         scale,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # tf32: the default, moot for bf16
+        STATIC_LOOP=INTERPRETED,
         CHUNK=plan.chunk, GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N, HEAD_DIM=head_dim,
     )  # fmt: skip
     _combine_kernel[(rows, q_heads)](
