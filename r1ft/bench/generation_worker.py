@@ -171,7 +171,7 @@ def memory_batch(model, reqs, cap: int, static: bool) -> int:
     row = max(len(r.prompt_ids) for r in reqs) + cap
     per_row = row * shape_of(model.config).kv_bytes_per_token(model.dtype.itemsize) * (1 if static else 2)
     free = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 8 * GIB
-    return max(1, min(256, len(reqs), int(free * 0.75 // per_row)))
+    return max(1, min(128 if static else 256, len(reqs), int(free * 0.75 // per_row)))
 
 
 def project_batches(st, reqs, batch: int) -> float | None:
