@@ -240,6 +240,37 @@ def test_reference_attention_equals_sdpa_per_row():
         torch.testing.assert_close(out[b], want)
 
 
+ENGINE_WITH_KERNEL = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+from r1ft.evaluation.engine import Engine, Request, Sampling
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
+prompts = json.loads(sys.argv[2])
+refs = []
+for p in prompts:
+    out = model.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False, temperature=1.0, top_p=1.0,
+                         eos_token_id=None, pad_token_id=0)
+    refs.append(out[0, len(p):].tolist())
+eng = Engine(model, None, max_slots=2, use_kernel=True)
+got = eng.generate([Request(str(i), p) for i, p in enumerate(prompts)], Sampling(0.0, 1.0, 24))
+print(json.dumps([c.token_ids == r for c, r in zip(got, refs)]))
+"""
+
+
+def test_engine_with_the_triton_kernel_equals_hf_generate_in_the_interpreter(tiny_base, prompts):
+    """The engine's decode through the kernel (the GPU path's attention, on the cache's real strides)."""
+    import json
+    import os
+    import subprocess
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    args = [sys.executable, "-c", ENGINE_WITH_KERNEL, str(tiny_base), json.dumps(prompts[:3])]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == [True, True, True]
+
+
 def test_triton_kernel_equals_reference_in_the_interpreter():
     """Under Triton's interpreter, in a fresh process (TRITON_INTERPRET must precede the first triton
     import); fp32 only there, the GPU mode of scripts/gpu-validate checks bf16 on the card."""

@@ -183,6 +183,7 @@ class Engine:
         max_slots: int = MAX_SLOTS,
         memory_fraction: float = MEMORY_FRACTION,
         use_graphs: bool | None = None,
+        use_kernel: bool | None = None,
         free_memory: Callable[[], int] | None = None,
         record_steps: bool = False,
     ):
@@ -190,9 +191,13 @@ class Engine:
         self.eos = -1 if eos_id is None else int(eos_id)
         self.device = self.runner.device
         self.cuda = self.device.type == "cuda"
-        self.use_kernel = self.cuda and decode_attention.triton_available()
+        # use_kernel=True on CPU: the Triton kernel under its interpreter (TRITON_INTERPRET=1; the tests)
+        self.use_kernel = (
+            (self.cuda and decode_attention.triton_available()) if use_kernel is None else use_kernel
+        )
         # The torch reference reads `lens.max()` on the host: only the kernel can be captured.
-        self.use_graphs = self.use_kernel if use_graphs is None else use_graphs and self.use_kernel
+        graphs = self.cuda and self.use_kernel
+        self.use_graphs = graphs if use_graphs is None else use_graphs and graphs
         self.max_slots, self.memory_fraction = max_slots, memory_fraction
         self.record_steps = record_steps
         self._free_memory = free_memory or self._cuda_free_memory
