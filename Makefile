@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 demo: $(STAMP)
 	R1FT_PRESET=smoke $(BIN)/r1ft run
 
-PYFILES := r1ft tests scripts scripts/vast-launch scripts/collect scripts/bench
+PYFILES := r1ft tests scripts scripts/vast-launch scripts/collect scripts/bench scripts/bench-generate
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(PYFILES)

@@ -13,7 +13,16 @@ PACKAGE = REPO / "r1ft"
 LINE_LIMIT = 500
 # Third-party libraries whose import costs seconds or a GPU runtime: a module that imports one at module
 # level (directly or through r1ft's own modules) may be imported inside a function instead.
-HEAVY = {"torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "liger_kernel"}
+HEAVY = {
+    "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "liger_kernel", "triton",
+}  # fmt: skip
+
+
+def _all_module_names() -> set[str]:
+    return {
+        ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        for p in PACKAGE.rglob("*.py")
+    }
 
 
 def module_name(path: Path) -> str:
@@ -33,6 +42,9 @@ def _type_checking_block(node: ast.AST) -> bool:
     )
 
 
+MODULE_NAMES = _all_module_names()
+
+
 def imports(path: Path) -> list[tuple[str, bool]]:
     """(imported module, at module level?) for every import outside `if TYPE_CHECKING:` blocks."""
     found: list[tuple[str, bool]] = []
@@ -45,8 +57,11 @@ def imports(path: Path) -> list[tuple[str, bool]]:
             if isinstance(child, ast.Import):
                 found.extend((a.name, top) for a in child.names)
             elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
-                found.append((child.module, top))
-                found.extend((f"{child.module}.{a.name}", top) for a in child.names)
+                names = [f"{child.module}.{a.name}" for a in child.names]
+                submodules = [n for n in names if n in MODULE_NAMES]  # `from pkg import module`
+                found.extend((n, top) for n in submodules)
+                if len(submodules) < len(names):
+                    found.append((child.module, top))
             visit(child, inner)
 
     visit(ast.parse(path.read_text()), True)
