@@ -11,6 +11,7 @@ from pathlib import Path
 
 from r1ft import stages
 from r1ft.job import ExitCode, Job, JobError
+from r1ft.machine.signals import StopFlag
 from r1ft.report.card import write_model_card
 from r1ft.report.schema import REPORT_FILE, RunReport
 from r1ft.settings import RUN_SHAPING_FIELDS, Settings
@@ -56,7 +57,11 @@ def eval_run(settings: Settings, run_dir: Path) -> ExitCode:
         )
     tokenizer = stages.load_tokenizer(stages.fetch_base(job))
     prepared = stages.prepare_data(job, tokenizer)
-    stages.evaluate_models(job, prepared, run_dir / "merged")
+    stop = StopFlag().install()
+    try:
+        stages.evaluate_models(job, stages.load_benchmarks(job, prepared), run_dir / "merged", stop)
+    finally:
+        stop.uninstall()
     stages.save_report(job)
     write_model_card(run_dir, job.report)
     return ExitCode.OK

@@ -38,6 +38,7 @@ def run_job(settings: Settings) -> ExitCode:
                 base = stages.fetch_base(job)
                 tokenizer = stages.load_tokenizer(base)
                 prepared = stages.prepare_data(job, tokenizer)
+                benchmarks = stages.load_benchmarks(job, prepared)
             if stop.reason:  # asked to stop before any training: nothing to save
                 log.warning("stopped by %s before training; nothing to save", stop.reason)
                 return stop.exit_code
@@ -49,7 +50,7 @@ def run_job(settings: Settings) -> ExitCode:
                 merged = stages.merge_model(job, tokenizer, plan.recipe.quant, plan.stream_merged)
                 # A stop asked for after training skips what is left and publishes what exists at once.
                 if not stop.reason:
-                    stages.evaluate_models(job, prepared, merged)
+                    stages.evaluate_models(job, benchmarks, merged, stop)
                 if not stop.reason:
                     stages.export_gguf_files(job, merged)
         if not trained:  # SIGTERM, SIGINT or the disk budget: checkpoint saved, push it, exit

@@ -38,6 +38,8 @@ from r1ft.validation import cross_checks
 PREFIX = "R1FT_"
 BASE_MODEL_ID = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 BASE_MODEL_REVISION = "ad9f0ae0864d7fbcd1cd905e3c6c5b069cc8b562"
+# The MATH-500 commit evaluation projects pin (r1ft.tasks.math500 says where it was found).
+MATH500_REVISION = "6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be"
 
 # Preset defaults. A value the user sets explicitly always wins over the preset's.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -56,9 +58,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "learning_rate": 3e-3,
         "quant": "none",
         "gradient_checkpointing": "false",
-        "eval_samples": 6,
-        "eval_scibench_samples": 4,
+        "eval_samples": 3,
+        "eval_scibench_samples": 3,
+        "eval_math500_samples": 3,
+        "eval_samples_per_problem": 2,
         "eval_max_new_tokens": 48,
+        "math500_source": "builtin",
         "disk_budget_gb": 2.0,
         "disk_free_floor_gb": 0.2,
     },
@@ -196,16 +201,37 @@ class Settings(BaseSettings):
     )
 
     # --- evaluation -------------------------------------------------------------------------------
-    eval_samples: int = Field(
+    eval_math500_samples: int = Field(
         200,
         ge=0,
         json_schema_extra={"section": "evaluation"},
-        description="held-out eval examples scored by generation (0: skip)",
+        description="MATH-500 problems scored, a seeded sample of the 500 (0: skip)",
     )
-    eval_scibench_samples: int = Field(200, ge=0, description="SciBench test problems scored (0: skip)")
-    eval_max_new_tokens: int = Field(2048, gt=0, description="generation length for scoring")
-    eval_batch_size: int = Field(64, gt=0, description="generation batch size")
-    eval_time_budget_s: int = Field(1200, gt=0, description="time budget for the generation evaluation")
+    eval_scibench_samples: int = Field(
+        200, ge=0, description="SciBench test problems scored, a seeded sample of the 580 (0: skip)"
+    )
+    eval_samples: int = Field(
+        100, ge=0, description="held-out eval-split problems scored (an in-distribution check; 0: skip)"
+    )
+    eval_samples_per_problem: int = Field(
+        4, ge=1, le=64, description="answers sampled per problem; pass@1 is their mean (DeepSeek: 64)"
+    )
+    eval_temperature: float = Field(0.6, gt=0, le=2, description="sampling temperature (the model card: 0.6)")
+    eval_top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling top_p (the model card: 0.95)")
+    eval_max_new_tokens: int = Field(
+        16384, ge=16, le=32768, description="new tokens per answer, thinking included (DeepSeek: 32768)"
+    )
+    eval_batch_size: int = Field(
+        0, ge=0, le=4096, description="most answers generated at once (0: as many as the GPU's memory holds)"
+    )
+    eval_time_budget_s: int = Field(
+        1200, gt=0, description="seconds of generation for both models; whole problems of one seeded order"
+    )
+    math500_source: str = Field(
+        "HuggingFaceH4/MATH-500",
+        description="MATH-500: Hub dataset id, local file/glob/dir, builtin, or none",
+    )
+    math500_revision: str = Field(MATH500_REVISION, description="pinned Hub revision of MATH-500")
 
     # --- secrets and the platform's variables (standard names, no prefix) --------------------------
     hf_token: SecretStr | None = Field(

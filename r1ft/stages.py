@@ -14,7 +14,7 @@ from r1ft.checkpoints import markers, pusher, resume
 from r1ft.checkpoints.watchdog import DiskWatchdog, trainer_callback
 from r1ft.data import prepare
 from r1ft.evaluation.losses import read_scalars
-from r1ft.evaluation.run import evaluate_run
+from r1ft.evaluation.run import FineTune, evaluate_run
 from r1ft.export import merge
 from r1ft.export.gguf import export_gguf
 from r1ft.files import GB
@@ -41,6 +41,8 @@ from r1ft.report.schema import (
     RunReport,
     TrainingRecord,
 )
+from r1ft.tasks import heldout, math500, scibench
+from r1ft.tasks.problem import Benchmark
 from r1ft.training import distributed
 from r1ft.training.train import run_training
 
@@ -155,12 +157,23 @@ def train_adapter(
     result.interrupted = stop.reason
     job.report.training = TrainingRecord(
         global_step=result.global_step,
+        eval_loss_base=result.eval_loss_base if result.eval_loss_base is not None else previous_base(job),
         loss_by_step={h["step"]: h["loss"] for h in result.log_history if "loss" in h and "step" in h},
         metrics=result.metrics,
         interrupted=stop.reason,
         resumed_from=result.resumed_from,
     )
     return result
+
+
+def previous_base(job: Job) -> float | None:
+    """The base model's step-0 eval loss measured by an earlier process of this run (a resumed run)."""
+    path = job.run_dir / "report.json"
+    try:
+        earlier = RunReport.load(path).training if path.is_file() else None
+    except ValueError:
+        return None
+    return earlier.eval_loss_base if earlier else None
 
 
 def finish_interrupted(job: Job, stop: StopFlag, watchdog: DiskWatchdog) -> ExitCode:
@@ -229,22 +242,50 @@ def merge_model(job: Job, tokenizer, quant: str, stream: bool) -> Path:
 
         info = merge.merge_to_dir(job.base, job.settings.base_revision, job.run_dir / "adapter", quant,
                                   tokenizer, out, on_shard=on_shard)  # fmt: skip
-    job.report.merge = MergeRecord(shards=info["shards"], total_bytes=info["total_bytes"], streamed=stream)
-    if job.settings.is_tiny:  # the full check runs in the tests and on the GPU run; cheap on the tiny model
-        job.report.merge.max_logit_diff_fp32 = merge.adapter_logit_check(
-            job.base, job.run_dir / "adapter", tokenizer
-        )
+    job.report.merge = MergeRecord(
+        shards=info["shards"], total_bytes=info["total_bytes"], sha256=info["sha256"], streamed=stream
+    )
+    with job.step("merge check"):
+        worst = merge.adapter_logit_check(job.base, job.settings.base_revision, job.run_dir / "adapter", quant,
+                                          tokenizer)  # fmt: skip
+    job.report.merge.max_logit_diff = worst
+    job.report.merge.logit_check_dtype = (
+        "bf16" if job.report.recipe and job.report.recipe.device == "cuda" else "fp32"
+    )
+    log.info("merge: merged and adapter logits differ by at most %.3g on the check prompts", worst)
     return out
 
 
-def evaluate_models(job: Job, prepared: prepare.PreparedData, merged: Path) -> None:
+def load_benchmarks(job: Job, prepared: prepare.PreparedData) -> list[Benchmark]:
+    """The evaluation's benchmarks, loaded before any training (a Hub or schema error costs no GPU time)."""
+    s = job.settings
+    benchmarks = [
+        scibench.test_benchmark(prepared.scibench_test),
+        heldout.heldout_benchmark(prepared.eval_examples),
+    ]
+    if s.eval_math500_samples and s.math500_source.strip().lower() != "none":
+        token = s.hf_token.get_secret_value() if s.hf_token else None
+        try:
+            benchmarks.insert(0, math500.load(s.math500_source, s.math500_revision, Path(s.work_dir), token))
+        except DataError as e:
+            raise JobError(str(e), ExitCode.SETTINGS) from e
+    log.info("eval: benchmarks %s", ", ".join(f"{b.name} ({len(b.problems)})" for b in benchmarks))
+    return benchmarks
 
-    if not list(merged.glob("*.safetensors")):  # streamed away: score base + adapter, merged in memory
-        merged = job.run_dir / "adapter"
+
+def evaluate_models(job: Job, benchmarks: list[Benchmark], merged: Path, stop: StopFlag) -> None:
+    """Base vs fine-tune under the protocol; the fine-tune is the published merged weights (recomputed and
+    checked by their sha256 when the disk plan streamed the shards away)."""
+    if list(merged.glob("*.safetensors")):
+        finetune = FineTune(merged=merged)
+    else:
+        recipe, record = job.report.recipe, job.report.merge
+        finetune = FineTune(base=job.base, adapter=job.run_dir / "adapter", quant=recipe.quant if recipe else "none",
+                            revision=job.settings.base_revision, published=record.sha256 if record else {})  # fmt: skip
+    base_loss = job.report.training.eval_loss_base if job.report.training else None
     with job.step("evaluate"):
-        job.report.evaluation = evaluate_run(
-            job.settings, job.run_dir, Path(job.base), merged, prepared.eval_examples, prepared.scibench_test
-        )
+        job.report.evaluation = evaluate_run(job.settings, job.run_dir, job.base, finetune, benchmarks,
+                                             stop=lambda: stop.reason, eval_loss_base=base_loss)  # fmt: skip
 
 
 def export_gguf_files(job: Job, merged: Path, stream: bool = True) -> None:

@@ -47,7 +47,8 @@ def _location_problems(s: Settings) -> list[str]:
     problems = []
     checks = [("R1FT_BASE_MODEL", s.base_model, {TINY_MODEL}),
               ("R1FT_MATHCODEINSTRUCT_SOURCE", s.mathcodeinstruct_source, {"builtin", "none"}),
-              ("R1FT_SCIBENCH_SOURCE", s.scibench_source, {"builtin", "none"})]  # fmt: skip
+              ("R1FT_SCIBENCH_SOURCE", s.scibench_source, {"builtin", "none"}),
+              ("R1FT_MATH500_SOURCE", s.math500_source, {"builtin", "none"})]  # fmt: skip
     for name, value, keywords in checks:
         if value in keywords or glob.glob(os.path.expanduser(value.removeprefix("file://"))):
             continue  # a keyword, or a local path that exists (relative ones too)

@@ -89,7 +89,7 @@ def test_report_has_stats_metrics_timings_disk_and_evaluation(smoke):
         assert key in report, key
     assert report["training"]["global_step"] == 12
     assert report["disk"]["peak_gb"] > 0
-    assert report["merge"]["max_logit_diff_fp32"] < 1e-4
+    assert report["merge"]["max_logit_diff"] < 1e-4 and report["merge"]["logit_check_dtype"] == "fp32"
     card = (published_dir(tmp) / "README.md").read_text()
     assert "base_model" in card or "Recipe" in card
     assert "## Evaluation" in card and "loss_curve.png" in card

@@ -11,11 +11,12 @@ import pytest
 from r1ft.chat import MATH_INSTRUCTION
 from r1ft.inputs import builtin_dir, file_sha256
 from r1ft.records import DataError
+from r1ft.settings import MATH500_REVISION
 from r1ft.tasks import heldout, math500
 from r1ft.tasks.verify import Answer, score_all
 
 SAMPLE = builtin_dir() / math500.SAMPLE_FILE
-REV = math500.MATH500_REVISION
+REV = MATH500_REVISION
 
 
 def sample_records() -> list[dict]:

@@ -1,401 +1,337 @@
-"""Evaluation: did the fine-tune make the model better? Before (base) and after (merged), with numbers.
+"""Evaluation: did the fine-tune make the model better? The base model (before) and the published merged
+fine-tune (after) answer the same problems under the model card's protocol (`r1ft.evaluation.protocol`):
 
-- Accuracy on up to `eval_samples` held-out eval examples (final answer vs `gold`, `answers.answers_match`)
-  and on up to `eval_scibench_samples` SciBench test problems (SciBench's own scoring,
-  `answers.scibench_correct`), per source, with counts and Wilson 95% intervals. Both models are scored
-  on the same problems (a seeded sample, shuffled so that a run cut short by the time budget is still a
-  fair sample of every source).
-- Scoring uses greedy decoding: deterministic, so the before/after difference is the models' and not
-  sampling noise, and one pass per problem suffices. DeepSeek recommends temperature 0.6 because greedy
-  decoding of R1 models sometimes loops until the length limit; that costs both models alike (it shows
-  as truncated outputs) and lowers absolute scores against DeepSeek's sampled pass@1 numbers.
-- The original guide's three test prompts are answered by both models the way users will run the model:
-  sampled at the model's temperature 0.6 / top_p 0.95, seeded with `settings.seed`.
-- Generation is batched (`eval_batch_size`, left padding, KV cache) in bf16 on a CUDA GPU, fp32 on CPU.
-  The time budget `eval_time_budget_s` bounds the scored generation: half for the base model, the rest
-  for the fine-tune over the problems the base model got through; a batch that would not fit is not
-  started, and one cut by the deadline is dropped (a truncated answer is not a wrong one).
-- Success indicators of the original guide (train loss falls, eval loss < 1.0 i.e. perplexity < e,
-  answers in `<think>` format, accuracy after > before) from the TensorBoard events in `run_dir/logs` and
-  the accuracies; loss curves as `eval/loss_curve.png`.
+- **Benchmarks**: MATH-500 (public; scored with math-verify, DeepSeek reports 83.9% pass@1 for the base),
+  SciBench's 580 test problems (SciBench's own scoring, plus a lenient row), and the held-out split of the
+  training mix (an in-distribution check, not evidence of better reasoning).
+- **Generation**: the continuous-batching engine (`r1ft.evaluation.engine`), one call per model for every
+  answer and the guide's three prompts, sampled at the protocol's temperature and top_p, each answer's
+  noise keyed by (seed, problem, sample), so both models draw alike.
+- **Budget**: R1FT_EVAL_TIME_BUDGET_S covers both models' generation: half for the base; the fine-tune then
+  answers the problems the base got through, with what is left. Each scores whole problems of a prefix of
+  the shared order (see the protocol); every number is over the prefix both scored. A stop request
+  (SIGTERM) ends generation between decode steps; what finished is scored and the report says so.
+- **Statistics** (`r1ft.evaluation.stats`): pass@1 with a bootstrap interval per model and benchmark; the
+  paired difference after - before with its interval and a paired test; "better" only when significant at
+  5%. Truncated answers (the token cap) are scored wrong and counted; lengths, `</think>` closure and code
+  use are reported with every score.
 
-Outputs: `run_dir/eval/results.json` (the dict `evaluate_run` returns), `run_dir/eval/samples.jsonl`
-(every generation), `run_dir/eval/loss_curve.png`. The model card renders the results
-(`r1ft.report.card`).
+Outputs: `run_dir/eval/results.json` (the `EvaluationRecord`), `run_dir/eval/samples.jsonl` (every answer
+with its verdict), `run_dir/eval/loss_curve.png`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 import time
-from collections import defaultdict
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from r1ft.chat import user_message
-from r1ft.evaluation.generate import (
-    SAMPLING,
+from r1ft.chat import prompt_ids, user_message
+from r1ft.evaluation import models, stats
+from r1ft.evaluation.engine import Engine
+from r1ft.evaluation.generation_types import Completion, EngineStats, Request, Sampling
+from r1ft.evaluation.indicators import success_indicators
+from r1ft.evaluation.losses import loss_summary, plot_loss_curve, read_scalars
+from r1ft.evaluation.protocol import (
+    PROMPT_KEY,
+    THREE_PROMPTS,
+    Protocol,
+    answer_key,
+    answer_seed,
+    protocol_for,
+    scored_prefix,
+    select_problems,
+)
+from r1ft.evaluation.results import (
+    EvaluationRecord,
     Generation,
-    device_and_dtype,
-    generate,
-    load_for_generation,
-    release_memory,
+    ModelRun,
+    SampledPrompt,
+    ScoredModel,
 )
-from r1ft.evaluation.losses import EVAL_LOSS_TARGET, loss_summary, plot_loss_curve, read_scalars
-from r1ft.tasks import scibench
-from r1ft.tasks.answers import answers_match, extract_answer, wilson_interval
-from r1ft.tasks.scibench import (
-    scibench_boxed,
-    scibench_correct,
-    scibench_correct_lenient,
-)
+from r1ft.files import GB
+from r1ft.settings import Settings
+from r1ft.tasks import scibench, verify
+from r1ft.tasks.problem import Benchmark, Problem, Verdict
 
 log = logging.getLogger(__name__)
 
-THREE_PROMPTS = (
-    "Solve for x: 3x + 5 = 20",
-    "What is the derivative of f(x) = x^3 + 2x^2 - 5x + 3?",
-    "Calculate the force required to accelerate a 10 kg object at 5 m/s^2.",
-)
 EVAL_DIR = "eval"
 LOSS_CURVE = f"{EVAL_DIR}/loss_curve.png"
-SCIBENCH_GROUP = "scibench-test"
 MODELS = ("base", "finetuned")
+PUBLIC = ("math500", "scibench")  # the benchmarks that say whether the model reasons better
 
 _clock = time.monotonic  # the budget's clock (tests replace it)
 
 
-# --- what gets scored --------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
-class Item:
-    """One scored problem: the user turn sent to the model and what its answer is checked against."""
+class FineTune:
+    """Where the fine-tune's weights come from: `merged` (the published directory), or, when its shards
+    were streamed away, a merge recomputed from `adapter` onto `base` (checked against `published`)."""
 
-    id: str
-    group: str  # "eval:<source>" or "scibench-test"
-    problem: str
-    gold: str = ""
-    answer_number: str = ""
-    unit: str = ""
-    textbook: str = ""
-
-
-def scoring_items(s, eval_examples: list[dict], scibench_test: list[dict]) -> list[Item]:
-    """A seeded sample of up to `eval_samples` scorable eval examples and `eval_scibench_samples` SciBench
-    test problems, shuffled together (so a budget cut leaves a fair sample of both)."""
-    rng = random.Random(s.seed)
-    scorable = [r for r in eval_examples if str(r.get("gold", "")).strip()]
-    chosen = rng.sample(scorable, min(s.eval_samples, len(scorable)))
-    items = [
-        Item(
-            id=str(r.get("id", i)),
-            group=f"eval:{r.get('source', 'unknown')}",
-            problem=r["problem"],
-            gold=r["gold"],
-        )
-        for i, r in enumerate(chosen)
-    ]
-    for i, r in enumerate(rng.sample(scibench_test, min(s.eval_scibench_samples, len(scibench_test)))):
-        items.append(
-            Item(
-                id=f"scibench/{r.get('source', '').strip()}/{str(r.get('problemid', i)).strip()}",
-                group=SCIBENCH_GROUP,
-                problem=scibench.user_turn(r["problem_text"], str(r.get("unit", ""))),
-                answer_number=str(r["answer_number"]),
-                unit=str(r.get("unit", "")).strip(),
-                textbook=str(r.get("source", "")).strip(),
-            )
-        )
-    rng.shuffle(items)
-    return items
-
-
-def score_item(item: Item, text: str) -> dict[str, Any]:
-    """The verdict on one generation: extracted answer, correct (and SciBench's lenient verdict)."""
-    extraction = extract_answer(text)
-    if item.group == SCIBENCH_GROUP:
-        return {
-            "extracted": scibench_boxed(text),
-            "method": "scibench-boxed",
-            "correct": scibench_correct(text, item.answer_number, item.unit),
-            "correct_lenient": scibench_correct_lenient(text, item.answer_number, item.unit),
-        }
-    rel_tol = 0.05 if item.group == "eval:scibench" else 1e-4  # SciBench golds are rounded numbers
-    return {
-        "extracted": extraction.answer,
-        "method": extraction.method,
-        "correct": answers_match(extraction.answer, item.gold, rel_tol=rel_tol),
-    }
+    merged: Path | None = None
+    base: Path | None = None
+    adapter: Path | None = None
+    quant: str = "none"
+    revision: str | None = None
+    published: dict[str, str] = field(default_factory=dict)  # shard -> sha256
 
 
 @dataclass
-class PhaseStats:
-    """How one model's scored generation went."""
+class Answers:
+    """One model's generation: the texts by answer key and how the call went."""
 
-    scored: int = 0
-    planned: int = 0
-    budget_s: float = 0.0
-    budget_exhausted: bool = False
-    generation_s: float = 0.0
-    new_tokens: int = 0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / self.generation_s if self.generation_s > 0 else 0.0
+    texts: dict[str, Completion]
+    decoded: dict[str, str]
+    stats: EngineStats
+    scored: int  # whole problems of the prefix
+    budget_s: float
+    load_s: float
+    path: str
+    interrupted: str = ""
 
 
-def generate_within_budget(
-    model, tokenizer, items: list[Item], s, budget_s: float
-) -> tuple[list[Generation], PhaseStats]:
-    """Generations for a prefix of `items`, batch by batch, within `budget_s` seconds of generation.
-
-    A batch is started only if the remaining budget covers the previous batch's duration; a batch the
-    deadline cuts is dropped. Returns the generations (in item order) and the phase's numbers.
-    """
-    stats = PhaseStats(planned=len(items), budget_s=budget_s)
-    gens: list[Generation] = []
-    start, last_batch_s = _clock(), 0.0
-    for i in range(0, len(items), s.eval_batch_size):
-        remaining = budget_s - (_clock() - start)
-        if remaining <= 0 or last_batch_s > remaining:
-            stats.budget_exhausted = True
-            break
-        t0 = _clock()
-        batch = generate(model, tokenizer, [it.problem for it in items[i : i + s.eval_batch_size]],
-                         s.eval_max_new_tokens, max_time=remaining)  # fmt: skip
-        last_batch_s = _clock() - t0
-        if _clock() - start > budget_s:
-            stats.budget_exhausted = True
-            break
-        gens += batch
-        stats.generation_s += last_batch_s
-        stats.new_tokens += sum(g.new_tokens for g in batch)
-        log.info("eval: %d/%d generated (%.0f tokens/s)", len(gens), len(items), stats.tokens_per_s)
-    stats.scored = len(gens)
-    return gens, stats
+# --- generation -------------------------------------------------------------------------------------------
 
 
-def sample_prompts(model, tokenizer, s) -> list[Generation]:
-    """The three test prompts, sampled at temperature 0.6 / top_p 0.95, seeded with `s.seed`."""
-    import torch
+def requests_for(problems: Sequence[Problem], tokenizer, protocol: Protocol) -> list[Request]:
+    """The three prompts first, then every problem's k answers in the order's sequence."""
+    out = [
+        Request(
+            f"{PROMPT_KEY}/{i}", prompt_ids(tokenizer, user_message(p)), answer_seed(protocol.seed, "p", i)
+        )
+        for i, p in enumerate(THREE_PROMPTS)
+    ]
+    for p in problems:
+        ids = prompt_ids(tokenizer, p.prompt)
+        out += [
+            Request(answer_key(p.id, j), ids, answer_seed(protocol.seed, p.id, j))
+            for j in range(protocol.samples)
+        ]
+    return out
 
-    torch.manual_seed(s.seed)
-    return generate(
-        model, tokenizer, [user_message(p) for p in THREE_PROMPTS], s.eval_max_new_tokens, sample=True
-    )
+
+def generate_answers(
+    model,
+    tokenizer,
+    problems: Sequence[Problem],
+    protocol: Protocol,
+    budget_s: float,
+    stop: Callable[[], str],
+) -> tuple[dict[str, Completion], EngineStats, str]:
+    """Every answer of `problems` (and the three prompts) within `budget_s`; and why it stopped early."""
+    engine = Engine(model, tokenizer.eos_token_id, max_slots=protocol.max_batch or 512)
+    deadline = _clock() + budget_s
+    why = {"reason": ""}
+
+    def should_stop() -> bool:
+        if stop():
+            why["reason"] = stop()
+            return True
+        return _clock() > deadline
+
+    sampling = Sampling(protocol.temperature, protocol.top_p, protocol.max_new_tokens)
+    done = engine.generate(requests_for(problems, tokenizer, protocol), sampling, should_stop=should_stop)
+    return {c.key: c for c in done}, engine.stats, why["reason"]
 
 
-def run_model(path: Path, items: list[Item], s, budget_s: float) -> dict[str, Any]:
-    """Load one model, answer the three prompts and the scored items within the budget, free it."""
+def run_model(
+    load: Callable[[], tuple],
+    problems: Sequence[Problem],
+    protocol: Protocol,
+    budget_s: float,
+    stop,
+    path: str,
+) -> Answers:
+    """Load one model, answer, free it."""
     t0 = _clock()
-    model, tokenizer = load_for_generation(path)
+    model, tokenizer = load()
+    load_s = _clock() - t0
     try:
-        prompts = sample_prompts(model, tokenizer, s)
-        gens, stats = generate_within_budget(model, tokenizer, items, s, budget_s)
+        texts, engine_stats, interrupted = generate_answers(
+            model, tokenizer, problems, protocol, budget_s, stop
+        )
+        decoded = {k: tokenizer.decode(c.token_ids, skip_special_tokens=True) for k, c in texts.items()}
     finally:
-        del model  # the only reference: the next model loads into the freed memory
-        release_memory()
-    return {"path": str(path), "prompts": prompts, "gens": gens, "stats": stats, "seconds": _clock() - t0}
+        models.release(model)
+    scored = scored_prefix(problems, set(texts), protocol.samples)
+    log.info("eval: %s answered %d of %d problems (%d tokens, %.0f tokens/s)", path, scored, len(problems),
+             engine_stats.generated_tokens, engine_stats.tokens_per_s)  # fmt: skip
+    return Answers(texts, decoded, engine_stats, scored, budget_s, load_s, path, interrupted)
 
 
-# --- accuracy -----------------------------------------------------------------------------------------
+# --- scoring ------------------------------------------------------------------------------------------------
 
 
-def proportion(correct: int, n: int) -> dict[str, Any]:
-    """Count, accuracy and Wilson 95% interval."""
-    lo, hi = wilson_interval(correct, n)
-    return {"correct": correct, "n": n, "accuracy": correct / n if n else None, "ci95": [lo, hi]}
-
-
-def accuracy_table(items: list[Item], verdicts: dict[str, list[dict]], key: str = "group") -> dict[str, Any]:
-    """Per group (and overall): before and after on the problems both models got through."""
-    n = min(len(v) for v in verdicts.values())
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(items[:n]):
-        groups[getattr(item, key)].append(i)
-    ordered = sorted(groups, key=lambda g: (g != SCIBENCH_GROUP, g))  # SciBench first, overall last
-    if key == "group" and n:
-        groups["overall"] = list(range(n))
-        ordered.append("overall")
-    return {
-        name: {label: proportion(sum(verdicts[m][i]["correct"] for i in groups[name]), len(groups[name]))
-               for label, m in zip(("before", "after"), MODELS, strict=True)}
-        for name in ordered
-    }  # fmt: skip
-
-
-def think_stats(prompts: list[Generation], gens: list[Generation]) -> dict[str, Any]:
-    """How often outputs close their `</think>`: sampled prompts, all outputs, outputs that ended (EOS)."""
-    every = prompts + gens
-    finished = [g for g in every if g.finished]
-
-    def rate(gs: list[Generation]) -> float | None:
-        return sum("</think>" in g.text for g in gs) / len(gs) if gs else None
-
-    return {
-        "sampled_closed_rate": rate(prompts),
-        "closed_rate": rate(every),
-        "finished": len(finished),
-        "outputs": len(every),
-        "finished_closed_rate": rate(finished),
-        "truncated": len(every) - len(finished),
-    }
-
-
-# --- success indicators -----------------------------------------------------------------------------------
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def _accuracy_detail(before: dict, after: dict) -> str:
-    text = f"{after['correct']}/{after['n']} vs {before['correct']}/{before['n']}"
-    b_lo, b_hi = wilson_interval(before["correct"], before["n"])
-    a_lo, a_hi = wilson_interval(after["correct"], after["n"])
-    if after["correct"] != before["correct"] and a_lo <= b_hi and b_lo <= a_hi:
-        text += " (the 95% intervals overlap: the difference may be noise)"
-    return text
-
-
-def success_indicators(losses: dict[str, Any], think: dict[str, Any], overall: dict | None) -> list[dict]:
-    """The guide's four indicators, each passed True/False, or None when it could not be measured."""
-    first, last, ev = losses["train_first"], losses["train_last"], losses["eval_last"]
-    falls = None if losses["train_points"] < 2 else last < first
-    closed = think["finished_closed_rate"]
-    before, after = (overall or {}).get("before"), (overall or {}).get("after")
-    better = None if not before or not before["n"] else after["correct"] > before["correct"]
+def answers_of(run: Answers, problems: Sequence[Problem], k: int) -> list[verify.Answer]:
     return [
-        {"name": "Training loss falls", "passed": falls, "detail": f"{_fmt(first)} -> {_fmt(last)}"},
-        {
-            "name": "Eval loss < 1.0 (perplexity < 2.72)",
-            "passed": None if ev is None else ev < EVAL_LOSS_TARGET,
-            "detail": f"eval loss {_fmt(ev)}, perplexity {_fmt(losses['perplexity'], 2)}",
-        },
-        {
-            "name": "Answers in <think> format (every finished answer closes </think>)",
-            "passed": None if closed is None else closed == 1.0,
-            "detail": f"{_fmt(closed, 2)} of {think['finished']} finished answers; "
-            f"{_fmt(think['closed_rate'], 2)} of all {think['outputs']} outputs "
-            f"({think['truncated']} hit the length limit); sampled prompts {_fmt(think['sampled_closed_rate'], 2)}",
-        },
-        {
-            "name": "Accuracy after > before",
-            "passed": better,
-            "detail": _accuracy_detail(before, after) if better is not None else "n/a",
-        },
+        verify.Answer(p.id, j, p.gold, run.decoded[key], run.texts[key].finished, run.texts[key].new_tokens)
+        for p in problems
+        for j in range(k)
+        if (key := answer_key(p.id, j)) in run.texts
     ]
 
 
-# --- the whole evaluation ---------------------------------------------------------------------------------
+def score(
+    problems: Sequence[Problem], runs: dict[str, Answers], k: int
+) -> dict[str, dict[str, list[Verdict]]]:
+    """model -> benchmark -> verdicts (SciBench twice: its own scoring, and the lenient row)."""
+    by_id = {p.id: p for p in problems}
+    out: dict[str, dict[str, list[Verdict]]] = {}
+    for name, run in runs.items():
+        out[name] = {}
+        answers = answers_of(run, problems, k)
+        sci = [a for a in answers if by_id[a.problem_id].benchmark == scibench.NAME]
+        others = [a for a in answers if by_id[a.problem_id].benchmark != scibench.NAME]
+        for v in verify.score_all(others):
+            out[name].setdefault(by_id[v.problem_id].benchmark, []).append(v)
+        if sci:
+            out[name][scibench.NAME] = scibench.score_all(by_id, sci)
+            out[name][scibench.LENIENT] = scibench.score_all(by_id, sci, lenient=True)
+    return out
 
 
-def _sample_rows(name: str, items: list[Item], run: dict) -> list[dict]:
-    rows = [
-        {"model": name, "kind": "prompt", "id": f"prompt-{i}", "prompt": p, **asdict(g)}
-        for i, (p, g) in enumerate(zip(THREE_PROMPTS, run["prompts"], strict=True))
-    ]
-    for item, gen, verdict in zip(items, run["gens"], run["verdicts"], strict=False):
-        rows.append({"model": name, "kind": "scored", "id": item.id, "group": item.group, "prompt": item.problem,
-                     "gold": item.gold or f"{item.answer_number} {item.unit}".strip(), **asdict(gen), **verdict})  # fmt: skip
-    return rows
+# --- the whole evaluation -------------------------------------------------------------------------------
 
 
 def evaluate_run(
-    settings,
+    settings: Settings,
     run_dir: Path,
-    base_path: Path,
-    merged_path: Path,
-    eval_examples: list[dict],
-    scibench_test: list[dict],
-) -> dict:
-    """Score the base model (before) and the merged fine-tune (after); write `run_dir/eval/results.json`,
-    `samples.jsonl` and `loss_curve.png`; return the results dict (see the module docstring)."""
-    s, run_dir = settings, Path(run_dir)
+    base: Path,
+    finetune: FineTune,
+    benchmarks: Sequence[Benchmark],
+    stop: Callable[[], str] = lambda: "",
+    eval_loss_base: float | None = None,
+) -> EvaluationRecord:
+    """Score the base model (before) and the fine-tune (after); write `run_dir/eval/`; return the record.
+
+    `stop()` returns why to stop ('' to go on); `eval_loss_base` is the base model's eval loss (step 0),
+    against which the eval-loss indicator is read."""
     t0 = _clock()
-    out_dir = run_dir / EVAL_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
-    items = scoring_items(s, eval_examples, scibench_test)
-    device, dtype = device_and_dtype()
-    log.info(
-        "eval: %d problems, before (%s) and after (%s) on %s", len(items), base_path, merged_path, device
+    protocol = protocol_for(settings)
+    problems = select_problems(benchmarks, protocol.sizes, protocol.seed)
+    device, dtype = models.device_and_dtype()
+    log.info("eval: %d problems x %d answers, before (%s) and after, on %s", len(problems), protocol.samples,
+             base, device)  # fmt: skip
+    runs: dict[str, Answers] = {}
+    runs["base"] = run_model(lambda: models.load_model(base), problems, protocol, protocol.budget_s / 2, stop,
+                             str(base))  # fmt: skip
+    left = max(1.0, protocol.budget_s - runs["base"].stats.seconds)
+    subset = problems[: runs["base"].scored]
+    scored_model = ScoredModel(source="merged/", method="the published merged/ directory")
+    matches: dict[str, bool | None] = {}
+
+    def load_finetune():
+        if finetune.merged is not None:
+            return models.load_model(finetune.merged)
+        model, tokenizer, matches["ok"] = models.recompute_merge(
+            finetune.base, finetune.revision, finetune.adapter, finetune.quant, finetune.published
+        )
+        return model, tokenizer
+
+    ft_path = str(finetune.merged or finetune.adapter)
+    runs["finetuned"] = run_model(load_finetune, subset, protocol, left, stop, ft_path)
+    if finetune.merged is None:
+        scored_model = ScoredModel(source="recomputed merge", matches_published=matches.get("ok"),
+                                   method="merged again in memory; its shards' sha256 against the published ones")  # fmt: skip
+    compared = problems[: min(runs["base"].scored, runs["finetuned"].scored)]
+    verdicts = score(compared, runs, protocol.samples)
+    record = _record(
+        run_dir, protocol, benchmarks, problems, compared, runs, verdicts, device, dtype, eval_loss_base
     )
+    record.scored_model = scored_model
+    record.seconds = _clock() - t0
+    _write(run_dir, record, compared, runs, verdicts)
+    return record
 
-    runs: dict[str, dict] = {}
-    runs["base"] = run_model(Path(base_path), items, s, s.eval_time_budget_s / 2)
-    left = s.eval_time_budget_s - runs["base"]["stats"].generation_s
-    runs["finetuned"] = run_model(Path(merged_path), items[: runs["base"]["stats"].scored], s, left)
-    for name in MODELS:
-        runs[name]["verdicts"] = [
-            score_item(it, g.text) for it, g in zip(items, runs[name]["gens"], strict=False)
-        ]
 
-    verdicts = {m: runs[m]["verdicts"] for m in MODELS}
-    accuracy = accuracy_table(items, verdicts)
-    n_common = min(len(v) for v in verdicts.values())
-    scibench_items = [i for i, it in enumerate(items[:n_common]) if it.group == SCIBENCH_GROUP]
-    lenient = {
-        label: proportion(sum(verdicts[m][i]["correct_lenient"] for i in scibench_items), len(scibench_items))
-        for label, m in zip(("before", "after"), MODELS, strict=True)
+def _record(run_dir, protocol, benchmarks, problems, compared, runs, verdicts, device, dtype, eval_loss_base):
+    seed = protocol.seed
+    results = {m: {b: stats.summary(vs, seed).to_json() for b, vs in verdicts[m].items()} for m in MODELS}
+    names = sorted({b for m in MODELS for b in verdicts[m]})
+    comparison = {
+        b: stats.comparison(verdicts["base"].get(b, []), verdicts["finetuned"].get(b, []), seed).to_json()
+        for b in names
     }
+    public = {m: [v for b in PUBLIC for v in verdicts[m].get(b, [])] for m in MODELS}
+    if any(public.values()):
+        comparison["public"] = stats.comparison(public["base"], public["finetuned"], seed).to_json()
+        for m in MODELS:
+            results[m]["public"] = stats.summary(public[m], seed).to_json()
     scalars = read_scalars(run_dir / "logs") if (run_dir / "logs").is_dir() else {}
     losses = loss_summary(scalars)
     curve = plot_loss_curve(scalars, run_dir / LOSS_CURVE)
-    think = {m: think_stats(runs[m]["prompts"], runs[m]["gens"]) for m in MODELS}
-    gen_s = sum(runs[m]["stats"].generation_s for m in MODELS)
-    gen_tokens = sum(runs[m]["stats"].new_tokens for m in MODELS)
-
-    result = {
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "decoding": {
-            "scoring": "greedy",
-            "prompts": {**SAMPLING, "seed": s.seed, "do_sample": True},
-            "max_new_tokens": s.eval_max_new_tokens,
-            "batch_size": s.eval_batch_size,
+    finetuned_all = [v for b, vs in verdicts["finetuned"].items() if b != scibench.LENIENT for v in vs]
+    return EvaluationRecord(
+        protocol=protocol.to_json(),
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        benchmarks={b.name: b.to_json() for b in benchmarks},
+        planned={b.name: sum(p.benchmark == b.name for p in problems) for b in benchmarks},
+        compared_problems=len(compared),
+        models={
+            m: _model_run(runs[m], len(problems) if m == "base" else runs["base"].scored) for m in MODELS
         },
-        "time_budget_s": s.eval_time_budget_s,
-        "planned": {
-            "eval": sum(it.group != SCIBENCH_GROUP for it in items),
-            "scibench": sum(it.group == SCIBENCH_GROUP for it in items),
-        },
-        "scored": n_common,
-        "models": {
-            m: {
-                "path": runs[m]["path"],
-                **{k: v for k, v in asdict(runs[m]["stats"]).items()},
-                "tokens_per_s": runs[m]["stats"].tokens_per_s,
-                "seconds": runs[m]["seconds"],
-                "think": think[m],
-            }
-            for m in MODELS
-        },
-        "accuracy": accuracy,
-        "scibench_lenient": lenient,
-        "scibench_by_textbook": accuracy_table(items, verdicts, key="textbook") if scibench_items else {},
-        "prompts": [
-            {
-                "prompt": p,
-                "base": runs["base"]["prompts"][i].text,
-                "finetuned": runs["finetuned"]["prompts"][i].text,
-            }
+        results=results,
+        comparison=comparison,
+        prompts=[
+            SampledPrompt(
+                prompt=p, base=_prompt_text(runs["base"], i), finetuned=_prompt_text(runs["finetuned"], i)
+            )
             for i, p in enumerate(THREE_PROMPTS)
         ],
-        "losses": losses,
-        "indicators": success_indicators(losses, think["finetuned"], accuracy.get("overall")),
-        "loss_curve": LOSS_CURVE if curve else None,
-        "generation_tokens_per_s": gen_tokens / gen_s if gen_s > 0 else 0.0,
-        "generation_tokens": gen_tokens,
-        "seconds": _clock() - t0,
-    }
-    result["scibench_by_textbook"].pop("", None)
-    rows = [row for m in MODELS for row in _sample_rows(m, items, runs[m])]
-    (out_dir / "samples.jsonl").write_text(
+        losses=losses,
+        indicators=success_indicators(losses, eval_loss_base, finetuned_all, comparison.get("public")),
+        loss_curve=LOSS_CURVE if curve else None,
+    )
+
+
+def _prompt_text(run: Answers, i: int) -> str:
+    return run.decoded.get(f"{PROMPT_KEY}/{i}", "(not generated: the evaluation was stopped first)")
+
+
+def _model_run(run: Answers, planned: int) -> ModelRun:
+    s = run.stats
+    return ModelRun(
+        path=run.path,
+        planned_problems=planned,
+        scored_problems=run.scored,
+        budget_s=run.budget_s,
+        budget_exhausted=run.scored < planned and not run.interrupted,
+        interrupted=run.interrupted,
+        load_s=run.load_s,
+        generation=Generation(
+            seconds=s.seconds,
+            setup_s=s.setup_s,
+            new_tokens=s.generated_tokens,
+            tokens_per_s=s.tokens_per_s,
+            slots=s.slots,
+            row_len=s.row_len,
+            peak_memory_gb=s.peak_memory_bytes / GB,
+            oom_fallbacks=list(s.oom_fallbacks),
+            stopped=s.stopped,
+        ),
+    )
+
+
+def _write(run_dir: Path, record: EvaluationRecord, compared, runs, verdicts) -> None:
+    out = Path(run_dir) / EVAL_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    by_id = {p.id: p for p in compared}
+    rows = []
+    for m in MODELS:
+        for i, p in enumerate(THREE_PROMPTS):
+            rows.append({"model": m, "kind": "prompt", "id": f"{PROMPT_KEY}/{i}", "prompt": p,
+                         "text": _prompt_text(runs[m], i)})  # fmt: skip
+        for bench, vs in verdicts[m].items():
+            for v in vs:
+                key = answer_key(v.problem_id, v.sample)
+                rows.append({"model": m, "kind": "scored", "benchmark": bench, "prompt": by_id[v.problem_id].prompt,
+                             "gold": by_id[v.problem_id].gold, "text": runs[m].decoded[key], **v.to_json()})  # fmt: skip
+    (out / "samples.jsonl").write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8"
     )
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    return result
+    (out / "results.json").write_text(record.model_dump_json(indent=2) + "\n", "utf-8")

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from r1ft.data.stats import DataStats
+from r1ft.evaluation.results import EvaluationRecord
 from r1ft.files import write_json_atomic
 from r1ft.plan import Plan
 from r1ft.recipe import Recipe
@@ -60,6 +61,7 @@ class History(Section):
 
 class TrainingRecord(Section):
     global_step: int = 0
+    eval_loss_base: float | None = None  # the base model's eval loss at step 0
     loss_by_step: dict[int, float] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)  # the Trainer's own metric names
     interrupted: str = ""
@@ -77,8 +79,11 @@ class DiskRecord(Section):
 class MergeRecord(Section):
     shards: list[str] = Field(default_factory=list)
     total_bytes: int = 0
+    sha256: dict[str, str] = Field(default_factory=dict)  # shard -> sha256 (the evaluation checks against it)
     streamed: bool = False
-    max_logit_diff_fp32: float | None = None  # merged vs adapter model on the check prompts
+    # Merged vs adapter model on the check prompts: bf16 on a GPU (fp32 on the CPU), as trained.
+    max_logit_diff: float | None = None
+    logit_check_dtype: str = ""
 
 
 class GgufRecord(Section):
@@ -112,7 +117,7 @@ class RunReport(Section):
     history: History = Field(default_factory=History)
     training: TrainingRecord | None = None
     merge: MergeRecord | None = None
-    evaluation: dict[str, Any] | None = None
+    evaluation: EvaluationRecord | None = None
     gguf: list[GgufRecord] = Field(default_factory=list)
     disk: DiskRecord | None = None
     publish: PublishRecord | None = None

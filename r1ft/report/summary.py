@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from r1ft.evaluation.results import EvaluationRecord
 from r1ft.report.schema import REPORT_FILE, RunReport
 
 
@@ -19,22 +20,40 @@ def _pairs(data: dict[str, Any], keys: list[str] | None = None) -> str:
     return ", ".join(f"{k} {_fmt(data[k])}" for k in names if isinstance(data.get(k), int | float | str))
 
 
-def accuracy_lines(evaluation: dict[str, Any]) -> list[str]:
-    """One line per evaluation split: accuracy before -> after fine-tuning, with n and 95% intervals."""
+def evaluation_lines(evaluation: EvaluationRecord) -> list[str]:
+    """One line per benchmark: pass@1 before -> after fine-tuning (95% intervals), the paired difference and
+    its verdict. Reports of schema 1 (greedy accuracy per split) are summarised from their `accuracy`."""
     lines = []
-    for split, result in (evaluation.get("accuracy") or {}).items():
-        if not isinstance(result, dict):
+    for bench, c in evaluation.comparison.items():
+        before = evaluation.results.get("base", {}).get(bench, {})
+        after = evaluation.results.get("finetuned", {}).get(bench, {})
+        if not c.get("n_problems"):
             continue
+        test = c.get("paired_test") or {}
+        p = test.get("p_value")
+        lines.append(
+            f"  {bench:<18} {_share(before)} -> {_share(after)} over {c['n_problems']} problems; "
+            f"{c['verdict']} (p {'n/a' if p is None else f'{p:.3g}'})"
+        )
+    for split, result in (getattr(evaluation, "accuracy", None) or {}).items():  # schema 1
         parts = []
         for when in ("before", "after"):
-            r = result.get(when) or {}
-            if "accuracy" in r and r["accuracy"] is not None:
+            r = (result or {}).get(when) or {}
+            if r.get("accuracy") is not None:
                 ci = r.get("ci95") or []
                 interval = f" [{ci[0]:.0%}, {ci[1]:.0%}]" if len(ci) == 2 else ""
                 parts.append(f"{r['accuracy']:.1%} of {r.get('n', '?')}{interval}")
         if parts:
             lines.append(f"  {split:<28} {' -> '.join(parts)}")
     return lines
+
+
+def _share(summary: dict[str, Any]) -> str:
+    if summary.get("pass_at_1") is None:
+        return "n/a"
+    lo, hi = summary.get("ci95") or (None, None)
+    interval = f" [{lo:.0%}, {hi:.0%}]" if lo is not None else ""
+    return f"{summary['pass_at_1']:.1%}{interval}"
 
 
 def summary_lines(report: RunReport) -> list[str]:
@@ -51,9 +70,9 @@ def summary_lines(report: RunReport) -> list[str]:
             lines.append(f"  resumed from {t.resumed_from}")
         if t.interrupted:
             lines.append(f"  interrupted: {t.interrupted}")
-    accuracy = accuracy_lines(report.evaluation) if report.evaluation else []
-    if accuracy:
-        lines += ["accuracy (before -> after fine-tuning):", *accuracy]
+    evaluation = evaluation_lines(report.evaluation) if report.evaluation else []
+    if evaluation:
+        lines += ["pass@1 (before -> after fine-tuning):", *evaluation]
     if report.disk is not None:
         lines.append(f"disk: {_pairs(report.disk.model_dump())}")
     if report.timings_s:

@@ -29,9 +29,8 @@ from r1ft.tasks.problem import Benchmark, Problem
 NAME = "math500"
 MATH500_REPO = "HuggingFaceH4/MATH-500"
 # The commit that evaluation projects pin for this dataset (found in several public repositories; the Hub
-# itself could not be reached when this was written). Its test.jsonl is PRM800K's
+# itself could not be reached when this was written): settings.MATH500_REVISION. Its test.jsonl is PRM800K's
 # `prm800k/math_splits/test.jsonl` (sha256 35dc4108...6132, 446,564 bytes, per the PRM800K LFS pointer).
-MATH500_REVISION = "6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be"
 MATH500_SIZE = 500
 SAMPLE_FILE = "math500_sample.jsonl"
 HUB_PATTERNS = ["*test*.jsonl", "*test*.parquet"]  # the test split only

@@ -28,6 +28,8 @@ from r1ft.records import (
     normalise_problem,
 )
 from r1ft.tasks.answers import braced, extract_answer, parse_number
+from r1ft.tasks.problem import Benchmark, Problem, Verdict, answer_region, think_closed, used_code
+from r1ft.tasks.verify import Answer
 
 SCIBENCH_FIELDS = ("problem_text", "answer_number", "unit", "source", "problemid")
 SCIBENCH_SHAPE = (
@@ -223,3 +225,54 @@ def scibench_test_record(record: Any) -> dict:
     if not f["answer_number"]:
         raise BadRecord("empty_answer", "answer_number")
     return {**f, "problem": user_turn(f["problem_text"], f["unit"])}
+
+
+# --- the benchmark ----------------------------------------------------------------------------------------
+
+NAME = "scibench"
+LENIENT = "scibench_lenient"
+NOTE = "SciBench's test set (the 580 problems of its main files), scored as SciBench scores: last \\boxed{}, 5% relative"
+
+
+def test_problem(record: dict) -> Problem:
+    """A held-out test record (`scibench_test_record`) as a Problem: the gold is answer_number, with the unit."""
+    return Problem(
+        id=f"scibench/{record['source']}/{record['problemid']}",
+        benchmark=NAME,
+        prompt=user_turn(record["problem_text"], record["unit"]),
+        gold=str(record["answer_number"]),
+        metadata={"unit": record["unit"], "source": record["source"]},
+    )
+
+
+def test_benchmark(test_records: list[dict]) -> Benchmark:
+    """SciBench's held-out test problems (the data module's `scibench_test`) as a benchmark."""
+    return Benchmark(NAME, [test_problem(r) for r in test_records], origin={"origin": "SciBench main files"},
+                     note=NOTE)  # fmt: skip
+
+
+def score_all(problems: dict[str, Problem], answers: list[Answer], lenient: bool = False) -> list[Verdict]:
+    """SciBench's verdicts (or the lenient ones) on answers: read after the last `</think>`; an answer that
+    did not finish is wrong (truncated)."""
+    correct_fn = scibench_correct_lenient if lenient else scibench_correct
+    out = []
+    for a in answers:
+        p = problems[a.problem_id]
+        region = answer_region(a.text)
+        ok = a.finished and correct_fn(region, p.gold, str(p.metadata.get("unit", "")))
+        method = "truncated" if not a.finished else ("lenient" if lenient else "scibench-boxed")
+        extracted = scibench_boxed(region) if not lenient else extract_answer(region).answer
+        out.append(
+            Verdict(
+                a.problem_id,
+                a.sample,
+                bool(ok),
+                extracted,
+                a.finished,
+                think_closed(a.text),
+                used_code(a.text),
+                method,
+                a.new_tokens,
+            )
+        )
+    return out

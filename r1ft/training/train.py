@@ -32,6 +32,7 @@ class TrainResult:
     resumed_from: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    eval_loss_base: float | None = None  # the base model's eval loss at step 0 (None when resumed)
 
 
 def load_base_model(base: str | Path, settings: Settings, recipe: Recipe, hw: Hardware):
@@ -123,6 +124,9 @@ def run_training(
     model = load_base_model(base, settings, recipe, hw)
     has_eval = eval_ds is not None and len(eval_ds) > 0
     args = sft_config(settings, run_dir, recipe, has_eval=has_eval)
+    # Step 0 of a fresh run: the adapter's B matrices are zero, so this eval loss is the base model's, the
+    # point the eval-loss indicator is read against (and the first point of the eval curve).
+    args.eval_on_start = has_eval and resume_from is None
     if distributed.is_main():  # one event file, written by rank 0
         tb = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "logs")))
         callbacks = [tb, log_callback(), *callbacks]
@@ -152,6 +156,10 @@ def run_training(
         global_step=trainer.state.global_step,
         resumed_from=str(resume_from or ""),
         metrics=metrics,
+        eval_loss_base=next(
+            (h["eval_loss"] for h in trainer.state.log_history if h.get("step") == 0 and "eval_loss" in h),
+            None,
+        ),
         log_history=list(trainer.state.log_history),
     )
 
