@@ -393,7 +393,7 @@ def plan_for(settings: Settings, gpu_name: str = "", gpu_mem_gb: float = 0.0, pr
     used_gb = dir_bytes(work) / GB if work.exists() else 0.0
     gguf_bytes = {}
     if settings.gguf_types:
-        from r1ft.gguf_export import estimate_gguf_bytes
+        from r1ft.export.gguf import estimate_gguf_bytes
 
         n = model_shape(config, settings.lora_r).params
         gguf_bytes = {t: estimate_gguf_bytes(n, t) for t in settings.gguf_types}

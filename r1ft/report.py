@@ -183,7 +183,7 @@ def model_card(report: dict[str, Any], repo_hint: str = "OWNER/NAME") -> str:
         parts += [body if body.lstrip().startswith("## Evaluation") else "\n## Evaluation\n\n" + body]
     gguf = report.get("gguf")
     if gguf:
-        from r1ft.gguf_export import GgufResult, gguf_markdown
+        from r1ft.export.gguf import GgufResult, gguf_markdown
 
         results = [GgufResult(**{**g, "path": Path(g["path"])}) for g in gguf]
         parts += ["", gguf_markdown(results, repo_hint)]

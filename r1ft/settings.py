@@ -204,7 +204,7 @@ class Settings(BaseSettings):
     @field_validator("gguf")
     @classmethod
     def _gguf_types(cls, v: str) -> str:
-        from r1ft.gguf_types import SUPPORTED_GGUF_TYPES
+        from r1ft.export.gguf_types import SUPPORTED_GGUF_TYPES
 
         types = [t.strip().lower() for t in v.split(",") if t.strip()]
         bad = [t for t in types if t not in SUPPORTED_GGUF_TYPES]

@@ -285,7 +285,7 @@ def export_gguf(job: Job, merged: Path, plan, stream: bool = True) -> None:
     deleted before the next is written, so at most one is ever on disk."""
     if not job.settings.gguf_types:
         return
-    from r1ft.gguf_export import export_gguf as export
+    from r1ft.export.gguf import export_gguf as export
 
     on_file_ready = None
     if stream:

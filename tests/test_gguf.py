@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from r1ft import gguf_export as ge
 from r1ft.chat import prompt_ids, user_message
-from r1ft.gguf_types import SUPPORTED_GGUF_TYPES
+from r1ft.export import gguf as ge
+from r1ft.export.gguf_types import SUPPORTED_GGUF_TYPES
 
 
 @pytest.fixture(scope="module")

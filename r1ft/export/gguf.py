@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r1ft.gguf_types import SUPPORTED_GGUF_TYPES
+from r1ft.export.gguf_types import SUPPORTED_GGUF_TYPES
 
 log = logging.getLogger(__name__)
 
