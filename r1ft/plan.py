@@ -395,8 +395,7 @@ def plan_for(settings: Settings, gpu_name: str = "", gpu_mem_gb: float = 0.0, pr
     if settings.gguf_types:
         from r1ft.export.gguf import estimate_gguf_bytes
 
-        n = model_shape(config, settings.lora_r).params
-        gguf_bytes = {t: estimate_gguf_bytes(n, t) for t in settings.gguf_types}
+        gguf_bytes = {t: estimate_gguf_bytes(config, t) for t in settings.gguf_types}
     return make_plan(
         settings,
         config,
