@@ -13,6 +13,9 @@
 # through Triton. Measured on an H200 (torch 2.11, triton 3.6): with no cc on PATH both fail with
 # "Failed to find C compiler". Only build tools beyond that (uv, build backends) stay in the builder.
 #
+# libgomp1 is named although gcc brings it: the llama.cpp inside the xllamacpp wheel, which checks every
+# GGUF file before it is published, links libgomp.so.1 (torch carries its own, renamed copy).
+#
 # Pinned: base image tag (add @sha256 via --build-arg CUDA_IMAGE=...@sha256:... to freeze it), uv, Python
 # (a python-build-standalone build that uv verifies against its own checksums), torch's version and CUDA
 # build, everything else by requirements.lock with hashes. Ubuntu packages follow the pinned base release.
@@ -59,7 +62,7 @@ RUN uv pip install --python /opt/venv/bin/python --no-deps --no-build-isolation 
 # ---- final: CUDA base + init + compiler for Triton + Python + venv + app ------------------------------
 FROM ${CUDA_IMAGE} AS final
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini gcc libc6-dev ca-certificates \
+    && apt-get install -y --no-install-recommends tini gcc libc6-dev libgomp1 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /opt/python /opt/python
 COPY --from=builder /opt/venv /opt/venv

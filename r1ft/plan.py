@@ -318,8 +318,7 @@ def plan_for(settings: Settings, hw: Hardware, processes: int = 1) -> Plan:
     used_gb = dir_bytes(work) / GB if work.exists() else 0.0
     gguf_bytes = {}
     if settings.gguf_types:
-        n = model_shape(config, settings.lora_r).params
-        gguf_bytes = {t: estimate_gguf_bytes(n, t) for t in settings.gguf_types}
+        gguf_bytes = {t: estimate_gguf_bytes(config, t) for t in settings.gguf_types}
     return make_plan(
         settings,
         config,

@@ -119,7 +119,10 @@ class Settings(BaseSettings):
         1, ge=0, description="push last-checkpoint/ to the destination every N saves (0: never)"
     )
     num_processes: int = Field(0, ge=0, description="training processes (GPUs); 0: one per visible GPU")
-    gguf: str = Field("", description="comma-separated GGUF types to export, e.g. f16,q8_0 (empty: none)")
+    gguf: str = Field(
+        "",
+        description="comma-separated GGUF types to export (f16 bf16 q8_0 q4_k_m q5_k_m q6_k), e.g. q4_k_m,q8_0",
+    )
     gpu_hourly_usd: float = Field(0.0, ge=0, description="$/hour of the machine, for the plan's cost line")
 
     # --- model and recipe -------------------------------------------------------------------------

@@ -307,7 +307,8 @@ def export_gguf_files(job: Job, merged: Path, stream: bool = True) -> None:
         )
     job.report.gguf = [
         GgufRecord(type=r.type, path=str(r.path), size_bytes=r.size_bytes, seconds=r.seconds,
-                   verified=r.verified, max_logit_err=r.max_logit_err, message=r.message)
+                   verified=r.verified, kl_divergence=r.kl_divergence, check_seconds=r.check_seconds,
+                   message=r.message)
         for r in results
     ]  # fmt: skip
     for r in results:

@@ -6,11 +6,12 @@ import math
 import re
 from pathlib import Path
 
+from r1ft.chat import MATH_INSTRUCTION
 from r1ft.data.stats import DataStats
 from r1ft.evaluation.results import EvaluationRecord
-from r1ft.export.gguf import GgufResult, gguf_markdown
+from r1ft.files import format_bytes
 from r1ft.publish.location import Location, output_location
-from r1ft.report.schema import MergeRecord, RunReport
+from r1ft.report.schema import GgufRecord, MergeRecord, RunReport
 from r1ft.settings import BASE_MODEL_ID
 
 LICENSES = (
@@ -167,11 +168,7 @@ def model_card(report: RunReport, repo_hint: str = "OWNER/NAME") -> str:
     if report.evaluation:
         parts += ["\n## Evaluation\n\n" + evaluation_section(report.evaluation, report.merge)]
     if report.gguf:
-        results = [
-            GgufResult(g.type, Path(g.path), g.size_bytes, g.seconds, g.verified, g.max_logit_err, g.message)
-            for g in report.gguf
-        ]
-        parts += ["", gguf_markdown(results, repo_hint)]
+        parts += ["", gguf_section(report.gguf, repo_hint)]
     parts += ["\n## How to use\n", _usage(repo_hint), "\n## Licenses\n", LICENSES, ""]
     return "\n".join(parts)
 
@@ -192,6 +189,96 @@ def write_model_card(run_dir: Path, report: RunReport) -> Path:
     where = output_location(str(report.settings.get("output", "")), report.run_id or run_dir.name)
     path.write_text(model_card(report, repo_hint(where)))
     return path
+
+
+# --- GGUF ------------------------------------------------------------------------------------------
+
+
+def gguf_section(results: list[GgufRecord], repo_hint: str) -> str:
+    """The model card's GGUF section: the files, how they were checked, and ready llama.cpp/Ollama commands.
+
+    `repo_hint` is where the published files live: a Hub repo id (`user/name`), an `s3://` prefix or a
+    local directory; it only shapes the download line.
+    """
+    if not results:
+        return ""
+    lines = [
+        "## GGUF (llama.cpp, Ollama, LM Studio)",
+        "",
+        "Converted from `merged/` with llama.cpp's `gguf` library; the k-quants (q4_k_m, q5_k_m, q6_k) carry the "
+        "tensor-type mix llama.cpp's `llama-quantize` picks, quantized with ggml's reference quantizers. Each "
+        "file carries the tokenizer and the chat template, so a llama.cpp-based runtime builds the prompt exactly "
+        "as training did (ending `<｜Assistant｜><think>\\n`). Before publishing, llama.cpp itself loaded each "
+        "file, tokenized and rendered the training prompts to the training ids, and gave log-probabilities on "
+        "them close to the merged model's (mean KL divergence per token, in nats).",
+        "",
+        "| file | type | size | KL vs merged | check |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        kl = f"{r.kl_divergence:.2g}" if r.kl_divergence is not None else "-"
+        status = "verified by llama.cpp" if r.verified else f"not published: {r.message}"
+        size = format_bytes(r.size_bytes) if r.verified else "-"
+        lines.append(f"| `gguf/{Path(r.path).name}` | {r.type} | {size} | {kl} | {status} |")
+    ready = {r.type: r for r in results if r.verified}
+    if ready:
+        # The commands name the smallest file made: q4_k_m is the on-device choice.
+        best = ready[next(t for t in _USAGE_PREFERENCE if t in ready)]
+        lines += ["", *_gguf_usage(f"gguf/{Path(best.path).name}", repo_hint, best.type)]
+    return "\n".join(lines) + "\n"
+
+
+_USAGE_PREFERENCE = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "bf16")
+
+
+def _download_line(rel: str, repo_hint: str) -> str:
+    if repo_hint.startswith("s3://"):
+        return f"aws s3 cp {repo_hint.rstrip('/')}/{rel} {rel}"
+    if "/" in repo_hint and not repo_hint.startswith(("/", ".", "~")) and repo_hint.count("/") == 1:
+        return f"hf download {repo_hint} {rel} --local-dir ."
+    return f"cp {repo_hint.rstrip('/')}/{rel} {rel}"
+
+
+def _gguf_usage(rel: str, repo_hint: str, gguf_type: str) -> list[str]:
+    """Download, llama.cpp and Ollama instructions for one published file."""
+
+    question = f"What is 3 + 5 * 2? {MATH_INSTRUCTION}"
+    return [
+        "Get the file:",
+        "",
+        "```bash",
+        f"mkdir -p gguf && {_download_line(rel, repo_hint)}",
+        "```",
+        "",
+        "llama.cpp (the template inside the file formats the chat; sampling as the base model recommends):",
+        "",
+        "```bash",
+        f"llama-cli -m {rel} --jinja -cnv --temp 0.6 --top-p 0.95 -c 8192 -n 4096",
+        f"llama-server -m {rel} --jinja --temp 0.6 --top-p 0.95 -c 8192  # OpenAI-compatible API on :8080",
+        "```",
+        "",
+        "Ollama (`Modelfile` beside the `gguf/` folder; the template matches training: no system prompt, "
+        "instructions in the user turn):",
+        "",
+        "```",
+        f"FROM ./{rel}",
+        'TEMPLATE """{{- range .Messages }}{{- if eq .Role "user" }}<｜User｜>{{ .Content }}'
+        '{{- else if eq .Role "assistant" }}<｜Assistant｜>{{ .Content }}<｜end▁of▁sentence｜>{{- end }}'
+        "{{- end }}<｜Assistant｜><think>",
+        '"""',
+        "PARAMETER temperature 0.6",
+        "PARAMETER top_p 0.95",
+        "PARAMETER num_ctx 8192",
+        'PARAMETER stop "<｜end▁of▁sentence｜>"',
+        "```",
+        "",
+        "```bash",
+        f"ollama create r1ft-{gguf_type} -f Modelfile",
+        f"ollama run r1ft-{gguf_type} '{question}'",
+        "```",
+        "",
+        f"LM Studio: load `{rel.split('/')[-1]}`; it reads the chat template from the file.",
+    ]
 
 
 # --- evaluation --------------------------------------------------------------------------------------

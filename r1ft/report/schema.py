@@ -92,7 +92,8 @@ class GgufRecord(Section):
     size_bytes: int = 0
     seconds: float = 0.0
     verified: bool = False
-    max_logit_err: float | None = None
+    kl_divergence: float | None = None  # llama.cpp against the merged model, mean nats per token
+    check_seconds: float = 0.0
     message: str = ""
 
 
