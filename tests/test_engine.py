@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from r1ft.evaluation import decode_attention, kv_cache, sampling
+from r1ft.evaluation import decode_attention, engine, kv_cache, sampling
 from r1ft.evaluation.decode_model import shape_of
 from r1ft.evaluation.engine import Engine, Request, Sampling
 from r1ft.model.tiny import base_config
@@ -288,3 +288,18 @@ def test_triton_kernel_equals_reference_in_the_interpreter():
     assert len(checks) == len(decode_attention.CHECK_CASES)
     for c in checks:
         assert c["max_abs_error"] <= c["tolerance"], c
+
+
+def test_a_kernel_that_fails_its_check_falls_back_to_the_reference(model, tiny_tokenizer, monkeypatch):
+    """On a card where the Triton kernel does not build (or computes wrong), the engine says so and answers
+    with the torch reference attention instead of failing the evaluation."""
+    eng = Engine(model, tiny_tokenizer.eos_token_id)
+    eng.cuda, eng.use_kernel, eng.use_graphs = True, True, True  # as on a GPU, before the first call
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("PTX JIT compilation failed")
+
+    monkeypatch.setattr(engine.decode_attention, "check_kernel", broken)
+    eng._check_kernel_once()
+    assert (eng.use_kernel, eng.use_graphs) == (False, False)
+    assert "PTX JIT compilation failed" in eng.kernel_fallback

@@ -289,7 +289,7 @@ def test_scoring_from_scripted_answers(tmp_path, run_dir, monkeypatch):
         return wrapped
 
     monkeypatch.setattr(evaluate.models, "load_model", fake_load)
-    monkeypatch.setattr(evaluate.models, "release", lambda *a: None)
+    monkeypatch.setattr(evaluate.models, "release", lambda: None)
     monkeypatch.setattr(evaluate, "generate_answers", fake_generate)
     monkeypatch.setattr(evaluate, "run_model", decode_all(evaluate.run_model))
     current["text"] = ""

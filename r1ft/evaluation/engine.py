@@ -91,6 +91,8 @@ class Engine:
         self._pinned: dict[int, object] = {}
         self.stats = EngineStats()
         self._oom: list[str] = []
+        self._kernel_checked = False
+        self.kernel_fallback = ""
 
     # --- the cache ------------------------------------------------------------------------------------
 
@@ -126,6 +128,7 @@ class Engine:
                           self.runner.dtype.itemsize, wanted, self.max_slots, self.memory_fraction)  # fmt: skip
         slots = fits.slots
         self._memory_bound = fits.slots < wanted
+        self._check_kernel_once()
         while True:
             try:
                 self._allocate(
@@ -145,6 +148,28 @@ class Engine:
         log.info("engine: KV cache of %d slots x %d tokens (%.1f GiB of %.1f GiB free)", self.plan.slots,
                  row_len, self.plan.slots * fits.slot_bytes / GIB, fits.free_bytes / GIB)  # fmt: skip
         return self.plan
+
+    def _check_kernel_once(self) -> None:
+        """On CUDA, the Triton kernel against the torch reference on one small case before the first use
+        (a kernel that fails to build or computes wrong on this card must cost speed, never the evaluation):
+        on failure, the reference attention without CUDA graphs (slower, same results), said in the log and
+        in `stats.kernel_fallback`."""
+        if not (self.cuda and self.use_kernel) or self._kernel_checked:
+            return
+        self._kernel_checked = True
+        try:
+            (check,) = decode_attention.check_kernel(str(self.device), str(self.runner.dtype).removeprefix("torch."),
+                                                     cases=((3, 12, 2, 128, 700),))  # fmt: skip
+            problem = "" if check.passed else f"error {check.max_abs_error:.3g} over {check.tolerance:g}"
+        except Exception as e:  # Triton's compiler, a driver: anything
+            problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if problem:
+            note = (
+                f"the Triton decode kernel failed its check ({problem}); using the torch reference attention"
+            )
+            log.warning("engine: %s", note)
+            self.kernel_fallback = note
+            self.use_kernel = self.use_graphs = False
 
     def _allocate(self, plan: CachePlan) -> None:
         s = self.runner.shape
@@ -268,6 +293,7 @@ class Engine:
             self._oom = []
             self.prepare(row_len, len(requests), sampling)
             self.stats.oom_fallbacks = list(self._oom) + self.stats.oom_fallbacks
+            self.stats.kernel_fallback = self.kernel_fallback
             self.stats.setup_s = time.perf_counter() - t0
             run = _Run(self, requests, caps, sampling, on_complete)
             run.loop(should_stop)

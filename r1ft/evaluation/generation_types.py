@@ -62,6 +62,7 @@ class EngineStats:
     cache_bytes: int = 0
     graphs: int = 0
     oom_fallbacks: list[str] = field(default_factory=list)
+    kernel_fallback: str = ""  # why the Triton kernel was replaced by the reference attention ('' if not)
     step_log: list[tuple[int, float]] = field(
         default_factory=list
     )  # (rows, seconds) per decode step, if asked

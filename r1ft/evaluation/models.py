@@ -58,11 +58,11 @@ def recompute_merge(
     return model.to(device, dtype).eval(), AutoTokenizer.from_pretrained(adapter_dir), matches
 
 
-def release(*objects) -> None:
-    """Hand freed GPU memory back once the last references are gone."""
+def release() -> None:
+    """Hand freed GPU memory back once the last references are gone (the engine's graphs hold reference
+    cycles: collected here)."""
     import torch
 
-    del objects
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -23,6 +23,7 @@ class Generation(_Record):
     row_len: int = 0
     peak_memory_gb: float = 0.0
     oom_fallbacks: list[str] = Field(default_factory=list)
+    kernel_fallback: str = ""
     stopped: bool = False  # the budget or a stop request ended it
 
 

@@ -156,7 +156,8 @@ def run_model(
         )
         decoded = {k: tokenizer.decode(c.token_ids, skip_special_tokens=True) for k, c in texts.items()}
     finally:
-        models.release(model)
+        del model  # the last reference: with the engine's KV cache, freed before the next model loads
+        models.release()
     scored = scored_prefix(problems, set(texts), protocol.samples)
     log.info("eval: %s answered %d of %d problems (%d tokens, %.0f tokens/s)", path, scored, len(problems),
              engine_stats.generated_tokens, engine_stats.tokens_per_s)  # fmt: skip
@@ -312,6 +313,7 @@ def _model_run(run: Answers, planned: int) -> ModelRun:
             row_len=s.row_len,
             peak_memory_gb=s.peak_memory_bytes / GB,
             oom_fallbacks=list(s.oom_fallbacks),
+            kernel_fallback=s.kernel_fallback,
             stopped=s.stopped,
         ),
     )
