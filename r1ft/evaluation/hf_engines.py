@@ -33,6 +33,19 @@ def _caps(requests: Sequence[Request], sampling: Sampling) -> list[int]:
     return [min(sampling.max_new_tokens, r.max_new_tokens or sampling.max_new_tokens) for r in requests]
 
 
+def _old_evaluation_attention(device):
+    """SDPA without its cuDNN backend on CUDA, as the evaluation before the engine ran `generate`: decoding
+    asks for a new key length every step and cuDNN builds an execution plan per shape (about 3x slower per
+    first pass over a length on an H200), so the baseline is the old evaluation as it ran, not slower."""
+    import contextlib
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def generation_config(sampling: Sampling, max_new_tokens: int, eos_id: int | None, pad_id: int, **extra):
     """A GenerationConfig for `sampling`: greedy with neutral warpers, or temperature/top_p and no top_k."""
     from transformers import GenerationConfig
@@ -105,7 +118,7 @@ class HFGenerate:
             config = generation_config(sampling, max(batch_caps), self.eos, self.pad, **extra)
             first = len(st.step_times)
             tb = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), _old_evaluation_attention(self.model.device):
                 gen = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
                                           generation_config=config, stopping_criteria=StoppingCriteriaList([Clock()]))  # fmt: skip
             if i == 0 and len(st.step_times) > first:
