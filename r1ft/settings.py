@@ -205,16 +205,16 @@ class Settings(BaseSettings):
 
     # --- evaluation -------------------------------------------------------------------------------
     eval_math500_samples: int = Field(
-        200,
+        150,
         ge=0,
         json_schema_extra={"section": "evaluation"},
         description="MATH-500 problems scored, a seeded sample of the 500 (0: skip)",
     )
     eval_scibench_samples: int = Field(
-        200, ge=0, description="SciBench test problems scored, a seeded sample of the 580 (0: skip)"
+        150, ge=0, description="SciBench test problems scored, a seeded sample of the 580 (0: skip)"
     )
     eval_samples: int = Field(
-        100, ge=0, description="held-out eval-split problems scored (an in-distribution check; 0: skip)"
+        50, ge=0, description="held-out eval-split problems scored (an in-distribution check; 0: skip)"
     )
     eval_samples_per_problem: int = Field(
         4, ge=1, le=64, description="answers sampled per problem; pass@1 is their mean (DeepSeek: 64)"
@@ -228,7 +228,7 @@ class Settings(BaseSettings):
         0, ge=0, le=4096, description="most answers generated at once (0: as many as the GPU's memory holds)"
     )
     eval_time_budget_s: int = Field(
-        1200, gt=0, description="seconds of generation for both models; whole problems of one seeded order"
+        900, gt=0, description="seconds of generation for both models; whole problems of one seeded order"
     )
     math500_source: str = Field(
         "HuggingFaceH4/MATH-500",

@@ -98,7 +98,7 @@ def run_dir(tmp_path) -> Path:
 def test_protocol_defaults_are_the_model_cards():
     p = protocol_for(load_settings({}, env_file=None))
     assert (p.temperature, p.top_p, p.samples, p.max_new_tokens) == (0.6, 0.95, 4, 16384)
-    assert p.sizes == {"math500": 200, "scibench": 200, "heldout": 100}
+    assert p.sizes == {"math500": 150, "scibench": 150, "heldout": 50} and p.budget_s == 900
 
 
 def test_problems_are_a_seeded_sample_of_every_benchmark_in_one_shared_order(tmp_path):

@@ -59,7 +59,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=512, help="requests per engine run")
     p.add_argument("--max-new-tokens", type=int, default=16_384, help="the length cap")
     p.add_argument("--baseline-seconds", type=float, default=60.0, help="time bound of each hf* baseline")
-    p.add_argument("--problems", type=int, default=500, help="default evaluation: problems per model")
+    p.add_argument(
+        "--problems", type=int, default=350, help="default evaluation: problems per model (150 + 150 + 50)"
+    )
     p.add_argument("--k", type=int, default=4, help="default evaluation: samples per problem")
     p.add_argument("--models", type=int, default=2, help="default evaluation: models scored")
     p.add_argument(
