@@ -93,6 +93,31 @@ def test_report_has_stats_metrics_timings_disk_and_evaluation(smoke):
     card = (published_dir(tmp) / "README.md").read_text()
     assert "base_model" in card or "Recipe" in card
     assert "## Evaluation" in card and "loss_curve.png" in card
+    assert report["schema_version"] == 2 and report["training"]["eval_loss_base"] > 0
+
+
+def test_smoke_report_and_card_carry_every_evaluation_field(smoke):
+    """Issue 20's fields, per model and benchmark, the comparisons with their paired test, the budget's
+    planned and scored counts, the scored-weights check; and the card's columns."""
+    tmp, _ = smoke
+    e = json.loads((published_dir(tmp) / "report.json").read_text())["evaluation"]
+    assert e["protocol"]["samples_per_problem"] == 2 and e["protocol"]["temperature"] == 0.6
+    fields = {"pass_at_1", "ci95", "n_problems", "samples_per_problem", "truncated_fraction", "mean_new_tokens",
+              "median_new_tokens", "finished_accuracy", "think_closed_fraction", "code_block_fraction"}  # fmt: skip
+    for model in ("base", "finetuned"):
+        assert e["models"][model]["planned_problems"] >= e["models"][model]["scored_problems"] > 0
+        for bench in ("math500", "scibench", "heldout"):
+            assert fields <= set(e["results"][model][bench]), (model, bench)
+    for bench in ("math500", "scibench", "heldout"):
+        c = e["comparison"][bench]
+        assert {"difference", "ci95", "verdict"} <= set(c) and {"method", "statistic", "p_value"} <= set(
+            c["paired_test"]
+        )
+    assert e["scored_model"]["source"] == "merged/" and len(e["prompts"]) == 3
+    card = (published_dir(tmp) / "README.md").read_text()
+    for needle in ("**Protocol**", "MATH-500 (math-verify)", "Difference [95% CI]", "p-value", "Truncated",
+                   "Mean new tokens", "DeepSeek reports 83.9%", "### The three test prompts"):  # fmt: skip
+        assert needle in card, needle
 
 
 def test_no_secret_anywhere(smoke):
@@ -154,7 +179,7 @@ def test_merge_eval_and_gguf_stage_commands_rerun_on_the_run_dir(smoke):
     (run_dir / "eval" / "results.json").unlink()
     evaluated = run_job(env, tmp, "eval", "--run-dir", str(run_dir))
     assert evaluated.rc == 0, evaluated.output[-2000:]
-    assert json.loads((run_dir / "eval" / "results.json").read_text())["accuracy"]
+    assert json.loads((run_dir / "eval" / "results.json").read_text())["comparison"]["math500"]
     gguf = run_job(job_env(tmp, R1FT_GGUF="f16"), tmp, "gguf", "--run-dir", str(run_dir))
     assert gguf.rc == 0, gguf.output[-2000:]
     assert (run_dir / "gguf" / "model-f16.gguf").is_file()
