@@ -187,6 +187,7 @@ def test_final_stage_is_base_runtime_init_and_workspace():
     assert final.index(("RUN", "mkdir -m 1777 /workspace")) < final.index(("WORKDIR", "/workspace"))
     apt = " ".join(rest for word, rest in final if word == "RUN")
     assert "tini" in apt and "--no-install-recommends" in apt
+    assert "gcc" in apt and "libc6-dev" in apt, "Triton compiles its C launcher at run time"
     for tool in ("build-essential", "g++", "uv ", "pip install", "git"):
         assert tool not in apt, f"{tool} does not belong in the final stage"
     copies = [rest for word, rest in final if word == "COPY"]
