@@ -70,8 +70,8 @@ COPY --from=app /staging/ /
 COPY --chmod=755 entrypoint /app/entrypoint
 
 # Everything the job writes lives under /workspace, the one directory its disk watchdog measures: run
-# directories, the Hub and datasets caches, and the Triton/Inductor kernel caches (kept across restarts
-# of an interruptible instance, so a resumed run skips recompiling).
+# directories, the Hub and datasets caches, the Triton/Inductor kernel caches (kept across restarts of an
+# interruptible instance, so a resumed run skips recompiling) and matplotlib's font cache (else in $HOME).
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
@@ -81,7 +81,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_DATASETS_CACHE=/workspace/hf_cache/datasets \
     HF_XET_HIGH_PERFORMANCE=1 \
     TRITON_CACHE_DIR=/workspace/cache/triton \
-    TORCHINDUCTOR_CACHE_DIR=/workspace/cache/inductor
+    TORCHINDUCTOR_CACHE_DIR=/workspace/cache/inductor \
+    MPLCONFIGDIR=/workspace/cache/matplotlib
+# Any user may run the job (`docker run --user UID:GID`): /workspace is a directory of theirs mounted over
+# this one, or this one, writable by all like /tmp. Made here, not by WORKDIR: buildah's WORKDIR leaves it
+# to the engine, which makes it root's at run time.
+RUN mkdir -m 1777 /workspace
 WORKDIR /workspace
 
 # tini as PID 1 forwards SIGTERM (docker stop, Vast) to the job and reaps zombies; the entrypoint execs

@@ -1,11 +1,12 @@
-# The two commands of the README: `make demo` (the whole job on the embedded tiny default, on CPU) and
-# `make test` (lint + the whole test suite). Both create .venv/ in the repo root on first use.
+# The commands of the README: `make demo` (the whole job on the embedded tiny default, on CPU), `make test`
+# (lint + the whole test suite; both create .venv/ in the repo root on first use) and `make image-check`
+# (the image built with podman and the job run in it; root on Debian 12, see scripts/image-check).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.r1ft-installed
 
-.PHONY: demo test lint format venv clean
+.PHONY: demo test image-check lint format venv clean
 
 venv: $(STAMP)
 
@@ -27,10 +28,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(PYFILES)
 	$(BIN)/ruff format --check $(PYFILES)
 	$(BIN)/hadolint --config docker/hadolint.yaml Dockerfile
-	bash -n entrypoint scripts/lock scripts/gpu-wheels scripts/gpu-validate .ci/run
+	bash -n entrypoint scripts/lock scripts/gpu-wheels scripts/gpu-validate scripts/image-check .ci/run
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+image-check:
+	scripts/image-check
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix $(PYFILES)

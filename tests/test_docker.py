@@ -3,6 +3,7 @@ and the Dockerfile, the locked set resolving, and the Dockerfile's promises (bas
 
 from __future__ import annotations
 
+import difflib
 import re
 import subprocess
 import sys
@@ -184,8 +185,12 @@ def test_final_stage_is_base_runtime_init_and_workspace():
     assert final[0] == ("FROM", "${CUDA_IMAGE} AS final")
     assert ("ENTRYPOINT", '["/usr/bin/tini", "--", "/app/entrypoint"]') in final
     assert ("WORKDIR", "/workspace") in final
+    # Any UID can run the job: /workspace is the image's own directory, writable by all (buildah's WORKDIR
+    # would leave it to the engine, which makes it root's at run time).
+    assert final.index(("RUN", "mkdir -m 1777 /workspace")) < final.index(("WORKDIR", "/workspace"))
     apt = " ".join(rest for word, rest in final if word == "RUN")
     assert "tini" in apt and "--no-install-recommends" in apt
+    assert "gcc" in apt and "libc6-dev" in apt, "Triton compiles its C launcher at run time"
     for tool in ("build-essential", "g++", "uv ", "pip install", "git"):
         assert tool not in apt, f"{tool} does not belong in the final stage"
     copies = [rest for word, rest in final if word == "COPY"]
@@ -206,7 +211,7 @@ def test_one_env_block_keeps_every_cache_under_the_work_dir():
     assert env["HF_HOME"].startswith(work + "/")
     for name in ("HF_HUB_CACHE", "HF_DATASETS_CACHE"):
         assert env[name].startswith(env["HF_HOME"] + "/"), name
-    for name in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
+    for name in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "MPLCONFIGDIR"):
         assert env[name].startswith(work + "/"), name
     assert env["PATH"].startswith("/opt/venv/bin:")
 
@@ -243,6 +248,53 @@ def test_compose_file_runs_the_image_on_all_gpus_with_the_env_file():
     assert device == {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
     assert "../work:/workspace" in service["volumes"]
     assert service["stop_grace_period"] == "2m"
+
+
+# --- scripts/image-check's stand-in copy of the Dockerfile ----------------------------------------------
+IMAGE_CHECK = REPO / "scripts" / "image-check"
+
+
+def print_standin_dockerfile(repo: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(repo / "scripts" / "image-check"), "--print-dockerfile"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_image_check_builds_a_copy_that_differs_only_in_python_and_the_torch_index():
+    """The real build (make image-check) runs the Dockerfile with exactly two edits: Debian's python3.11 for
+    `uv python install` (GitHub is unreachable there), the host's torch wheel for the PyTorch index."""
+    result = print_standin_dockerfile()
+    assert result.returncode == 0, result.stderr
+    original = DOCKERFILE.read_text().splitlines()
+    copy = result.stdout.splitlines()
+    diff = [ln for ln in difflib.unified_diff(original, copy, n=0, lineterm="") if ln[:1] in "+-"]
+    removed = [ln[1:].strip() for ln in diff if ln.startswith("-") and not ln.startswith("---")]
+    added = [ln[1:].strip() for ln in diff if ln.startswith("+") and not ln.startswith("+++")]
+    assert removed == [
+        'RUN uv python install "${PYTHON_VERSION}" \\',
+        '&& uv venv --python "${PYTHON_VERSION}" /opt/venv',
+        '--index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" "torch==${TORCH_VERSION}+${TORCH_CUDA}"',
+    ]
+    assert added == [
+        "RUN mkdir -p /opt/python \\",
+        "&& uv venv --python /usr/bin/python3.11 /opt/venv",
+        '--find-links /opt/wheels "torch==${TORCH_VERSION}+${TORCH_CUDA}"',
+    ]
+
+
+def test_image_check_refuses_a_dockerfile_its_edits_no_longer_match(tmp_path):
+    """A Dockerfile change that its edits miss fails the check loudly instead of building something else."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "image-check").write_text(IMAGE_CHECK.read_text())
+    text = DOCKERFILE.read_text().replace('uv python install "${PYTHON_VERSION}"', 'uv python install "3.11"')
+    (tmp_path / "Dockerfile").write_text(text)
+    result = print_standin_dockerfile(tmp_path)
+    assert result.returncode == 1
+    assert "holds 0 copies of the text that the stand-in build replaces" in result.stderr
+    assert "update scripts/image-check's edits" in result.stderr
 
 
 # --- the pinned set resolves ------------------------------------------------------------------------------
