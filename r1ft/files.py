@@ -1,7 +1,8 @@
 """Files and sizes, one home each: the sha256 of a file, an atomic JSON write, and how bytes are shown.
 
 Sizes are decimal everywhere in r1ft: 1 GB = 1e9 bytes (as disks, clouds and `R1FT_DISK_BUDGET_GB` count),
-and every message says "GB" or "MB" in that sense.
+and every message says "GB" or "MB" in that sense; GPU memory in the engine and the benchmarks is counted in
+GiB (2**30, as torch reports it) and said so.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 GB = 1e9
 MB = 1e6
+GIB = 2**30  # GPU memory only, as torch and the allocator count it; messages that use it say "GiB"
 HASH_CHUNK = 8 * 1024 * 1024
 
 

@@ -388,6 +388,7 @@ def test_pre_tokenizer_name_follows_the_split_rules(tiny_tokenizer):
 
 
 def test_markdown_gives_ready_commands_for_the_k_quant_and_says_what_was_withheld(tmp_path):
+    from r1ft.publish.location import parse_location
     from r1ft.report.card import gguf_section
     from r1ft.report.schema import GgufRecord
 
@@ -400,7 +401,7 @@ def test_markdown_gives_ready_commands_for_the_k_quant_and_says_what_was_withhel
         record("q8_0", 1_890_000_000, True, 0.0031, "ok"),
         record("q4_k_m", 1_120_000_000, True, 0.05, "ok"),
     ]
-    md = gguf_section(results, "someone/r1ft-math")
+    md = gguf_section(results, parse_location("hf://someone/r1ft-math"))
     assert "| `gguf/model-q8_0.gguf` | q8_0 | 1.89 GB | 0.0031 | verified by llama.cpp |" in md
     assert "| `gguf/model-q4_k_m.gguf` | q4_k_m | 1.12 GB | 0.05 | verified by llama.cpp |" in md
     assert "not published: rejected: log-probabilities differ" in md
@@ -408,9 +409,9 @@ def test_markdown_gives_ready_commands_for_the_k_quant_and_says_what_was_withhel
     assert "llama-cli -m gguf/model-q4_k_m.gguf --jinja" in md and "llama-cli -m gguf/model-q8_0" not in md
     assert "FROM ./gguf/model-q4_k_m.gguf" in md and "<｜Assistant｜><think>\n" in md
     assert "ollama create r1ft-q4_k_m -f Modelfile" in md
-    assert "aws s3 cp s3://b/p/gguf/model-q4_k_m.gguf" in gguf_section(results, "s3://b/p/")
-    assert "llama-cli -m gguf/model-q8_0.gguf" in gguf_section(results[:2], "x")
-    assert gguf_section([], "x") == ""
+    assert "aws s3 cp s3://bucket/p/gguf/model-q4_k_m.gguf" in gguf_section(results, parse_location("s3://bucket/p/"))
+    assert "llama-cli -m gguf/model-q8_0.gguf" in gguf_section(results[:2], parse_location("x"))
+    assert gguf_section([], parse_location("x")) == ""
 
 
 def _cuda() -> bool:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 PEAK_SCALE = 8.0  # lm_head x 8: logit std ~6 instead of ~0.8 (a top token of ~0.8 probability at T 0.6)
 SAMPLED = (0.6, 0.95)
-GIB = 2**30
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ CHECK_STEPS = 30  # a and b: the loss check's steps
 OTHER_STEPS = 15  # the other variants: enough timed steps after the warm-up
 CHECK_TOLERANCE = 0.02
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0, "4090": 165.2}
-GIB = 2**30
 
 
 @dataclass

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from r1ft.evaluation.decode_model import Shape
 from r1ft.evaluation.decode_split import split_plan
+from r1ft.files import GIB
 
-GIB = 2**30
 MAX_SLOTS = 512  # beyond a few hundred rows a step reads mostly KV: more rows add little
 MEMORY_FRACTION = 0.92  # of the free memory after loading
 MARGIN_BYTES = int(1.5 * GIB)  # allocator fragmentation, cuBLAS workspaces, graph bookkeeping

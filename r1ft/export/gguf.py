@@ -30,6 +30,7 @@ from typing import Any
 from r1ft.export.gguf_check import check_gguf, reference
 from r1ft.export.gguf_quant import default_qtype, file_type, is_k_quant, quantize, qwen2_tensors, storage_type
 from r1ft.export.gguf_types import SUPPORTED_GGUF_TYPES
+from r1ft.files import GB
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def _export_one(merged_dir: Path, out_dir: Path, gguf_type: str, ref) -> GgufRes
         log.info(
             "gguf %s: wrote %.2f GB in %.0f s; checking it in llama.cpp",
             gguf_type,
-            size / 1e9,
+            size / GB,
             written - start,
         )
         verdict = check_gguf(partial, gguf_type, ref)

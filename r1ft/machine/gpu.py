@@ -9,6 +9,8 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from r1ft.files import GB
+
 
 @dataclass(frozen=True)
 class Hardware:
@@ -37,7 +39,7 @@ def detect_hardware() -> Hardware:
     return Hardware(
         device="cuda",
         gpu_name=props.name,
-        gpu_mem_gb=props.total_memory / 1e9,
+        gpu_mem_gb=props.total_memory / GB,
         gpu_count=torch.cuda.device_count(),
         bf16=torch.cuda.is_bf16_supported(),
     )

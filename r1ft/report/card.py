@@ -116,9 +116,9 @@ def _metrics(report: RunReport) -> str:
     return "| metric | value |\n|---|---|\n" + "\n".join(rows)
 
 
-def _usage(repo: str) -> str:
-    fetch = ""
-    if repo.startswith("s3://"):
+def _usage(where: Location) -> str:
+    fetch, repo = "", repo_hint(where)
+    if where.kind == "s3":
         fetch = f"Fetch it first (checked against the manifest): `r1ft collect {repo} run`, then load from `run`.\n\n"
         repo = "run"
     return (
@@ -148,7 +148,7 @@ out = model.generate(**ids, max_new_tokens=2048, do_sample=True, temperature=0.6
     )
 
 
-def model_card(report: RunReport, repo_hint: str = "OWNER/NAME") -> str:
+def model_card(report: RunReport, where: Location) -> str:
     """The README.md published with the run."""
     parts = [
         _front_matter(report),
@@ -168,8 +168,8 @@ def model_card(report: RunReport, repo_hint: str = "OWNER/NAME") -> str:
     if report.evaluation:
         parts += ["\n## Evaluation\n\n" + evaluation_section(report.evaluation, report.merge)]
     if report.gguf:
-        parts += ["", gguf_section(report.gguf, repo_hint)]
-    parts += ["\n## How to use\n", _usage(repo_hint), "\n## Licenses\n", LICENSES, ""]
+        parts += ["", gguf_section(report.gguf, where)]
+    parts += ["\n## How to use\n", _usage(where), "\n## Licenses\n", LICENSES, ""]
     return "\n".join(parts)
 
 
@@ -187,18 +187,18 @@ def write_model_card(run_dir: Path, report: RunReport) -> Path:
     """README.md in the run directory, for the run's destination."""
     path = run_dir / "README.md"
     where = output_location(str(report.settings.get("output", "")), report.run_id or run_dir.name)
-    path.write_text(model_card(report, repo_hint(where)))
+    path.write_text(model_card(report, where))
     return path
 
 
 # --- GGUF ------------------------------------------------------------------------------------------
 
 
-def gguf_section(results: list[GgufRecord], repo_hint: str) -> str:
+def gguf_section(results: list[GgufRecord], where: Location) -> str:
     """The model card's GGUF section: the files, how they were checked, and ready llama.cpp/Ollama commands.
 
-    `repo_hint` is where the published files live: a Hub repo id (`user/name`), an `s3://` prefix or a
-    local directory; it only shapes the download line.
+    `where` is where the published files live (a Hub repo, an S3 prefix or a directory); it only shapes the
+    download line.
     """
     if not results:
         return ""
@@ -224,22 +224,23 @@ def gguf_section(results: list[GgufRecord], repo_hint: str) -> str:
     if ready:
         # The commands name the smallest file made: q4_k_m is the on-device choice.
         best = ready[next(t for t in _USAGE_PREFERENCE if t in ready)]
-        lines += ["", *_gguf_usage(f"gguf/{Path(best.path).name}", repo_hint, best.type)]
+        lines += ["", *_gguf_usage(f"gguf/{Path(best.path).name}", where, best.type)]
     return "\n".join(lines) + "\n"
 
 
 _USAGE_PREFERENCE = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16", "bf16")
 
 
-def _download_line(rel: str, repo_hint: str) -> str:
-    if repo_hint.startswith("s3://"):
-        return f"aws s3 cp {repo_hint.rstrip('/')}/{rel} {rel}"
-    if "/" in repo_hint and not repo_hint.startswith(("/", ".", "~")) and repo_hint.count("/") == 1:
-        return f"hf download {repo_hint} {rel} --local-dir ."
-    return f"cp {repo_hint.rstrip('/')}/{rel} {rel}"
+def _download_line(rel: str, where: Location) -> str:
+    if where.kind == "s3":
+        return f"aws s3 cp {where.uri}/{rel} {rel}"
+    if where.kind == "hf":
+        revision = f" --revision {where.revision}" if where.revision else ""
+        return f"hf download {where.repo} {rel}{revision} --local-dir ."
+    return f"cp {repo_hint(where)}/{rel} {rel}"
 
 
-def _gguf_usage(rel: str, repo_hint: str, gguf_type: str) -> list[str]:
+def _gguf_usage(rel: str, where: Location, gguf_type: str) -> list[str]:
     """Download, llama.cpp and Ollama instructions for one published file."""
 
     question = f"What is 3 + 5 * 2? {MATH_INSTRUCTION}"
@@ -247,7 +248,7 @@ def _gguf_usage(rel: str, repo_hint: str, gguf_type: str) -> list[str]:
         "Get the file:",
         "",
         "```bash",
-        f"mkdir -p gguf && {_download_line(rel, repo_hint)}",
+        f"mkdir -p gguf && {_download_line(rel, where)}",
         "```",
         "",
         "llama.cpp (the template inside the file formats the chat; sampling as the base model recommends):",
