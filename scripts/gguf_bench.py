@@ -2,7 +2,7 @@
 disk peak (the merged model plus the one GGUF file on disk at a time).
 
 Without `--merged`, builds DeepSeek-R1-Distill-Qwen-1.5B's exact config with random bf16 weights and the tiny
-tokenizer (scripts/bench_eval.py's `build_full_size`) under `--out`; with it, exports that merged dir (a
+tokenizer (`r1ft.bench.worker.build_full_size_base`) under `--out`; with it, exports that merged dir (a
 finished run's `merged/`, or the base model itself). CPU only; each file is deleted after its figures.
 
     .venv/bin/python scripts/gguf_bench.py --out /tmp/gguf-bench --types q4_k_m,q6_k,q8_0
@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's r1ft
 
 
 def dir_bytes(*dirs: Path) -> int:
@@ -27,8 +27,7 @@ def dir_bytes(*dirs: Path) -> int:
 
 
 def main() -> None:
-    from bench_eval import build_full_size
-
+    from r1ft.bench.worker import build_full_size_base
     from r1ft.export.gguf import export_gguf, gguf_file_bytes
 
     parser = argparse.ArgumentParser(
@@ -43,7 +42,7 @@ def main() -> None:
     merged = args.merged or args.out / "run" / "merged"
     if not (merged / "config.json").is_file():
         start = time.monotonic()
-        build_full_size(merged)
+        build_full_size_base(merged, seed=0)
         print(f"built {merged} in {time.monotonic() - start:.0f} s", flush=True)
     config = json.loads((merged / "config.json").read_text())
     gguf_dir = args.out / "gguf"

@@ -379,6 +379,10 @@ def evaluation_section(e: EvaluationRecord, merge: MergeRecord | None = None) ->
             continue
         g = m.generation
         stopped = f" A stop request ({m.interrupted}) ended it early." if m.interrupted else ""
+        if g.oom_fallbacks:
+            stopped += f" The KV cache was shrunk after running out of memory: {'; '.join(g.oom_fallbacks)}."
+        if g.kernel_fallback:
+            stopped += f" {g.kernel_fallback[0].upper()}{g.kernel_fallback[1:]}."
         budget = f"; the time budget ({m.budget_s:.0f} s) ran out first" if m.budget_exhausted else ""
         lines += ["", f"{'Base model' if name == 'base' else 'Fine-tune'}: {m.scored_problems} of "
                       f"{m.planned_problems} planned problems scored{budget}; {g.new_tokens:,} tokens in "
