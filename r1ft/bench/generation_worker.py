@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from r1ft.bench import answer_lengths
-from r1ft.bench.generation_variants import GIB, PEAK_SCALE, SAMPLED, Variant
+from r1ft.bench.generation_variants import PEAK_SCALE, SAMPLED, Variant
 from r1ft.chat import prompt_ids, user_message
 from r1ft.evaluation import hf_engines
 from r1ft.evaluation.decode_attention import check_kernel
 from r1ft.evaluation.decode_model import shape_of
 from r1ft.evaluation.engine import REFILL_FRACTION, Engine, Request, Sampling
 from r1ft.evaluation.protocol import THREE_PROMPTS
+from r1ft.files import GIB
 from r1ft.model.tiny import base_config, build_tiny_base, build_tokenizer
 from r1ft.tasks.scibench import user_turn
 

@@ -16,11 +16,11 @@ from r1ft.bench.variants import (
     CHECK_TOLERANCE,
     FULL_EPOCHS,
     FULL_EXAMPLES,
-    GIB,
     OTHER_STEPS,
     PEAK_TFLOPS,
     Variant,
 )
+from r1ft.files import GIB
 from r1ft.recipe import model_shape
 from r1ft.settings import Settings
 
