@@ -39,9 +39,28 @@ PREFIX = "R1FT_"
 BASE_MODEL_ID = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 BASE_MODEL_REVISION = "ad9f0ae0864d7fbcd1cd905e3c6c5b069cc8b562"
 
+# R1FT_OPTIM's names (transformers'): AdamW, the notebook's update rule, with 32-bit or 8-bit moments. Other
+# families (Adafactor, Lion, SGD, GaLore...) make another experiment, for which the learning rate is untuned.
+Optimizer = Literal[
+    "auto", "adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit"
+]  # fmt: skip
+
+# The notebook's recipe in meaning (README: "The recipe against the notebook"). Every value that decides what
+# is learned is written out, so that a change of `full`'s defaults never moves it; how a step is computed
+# (padding-free batches, the chunked LM head, compilation on large cards) stays r1ft's.
+ORIGINAL_RECIPE: dict[str, Any] = {
+    "quant": "nf4", "optim": "paged_adamw_8bit",  # QLoRA: 4-bit NF4 base, double quant, bf16 compute
+    "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_targets": "all-linear",
+    "learning_rate": 2e-4, "lr_scheduler": "cosine", "warmup_ratio": 0.03, "weight_decay": 0.0,
+    "epochs": 3.0, "global_batch": 16, "max_seq_len": 2048, "save_total_limit": 3,
+    "length_policy": "truncate",  # TRL's SFTTrainer with max_length cuts a longer example, keeps it
+    "mathcodeinstruct_samples": 24_700, "eval_fraction": 0.1,  # about 25k examples, split 90/10
+    "dedup": "pair", "interpreter_output_loss": True,  # no dedup described: only exact repeats go
+}  # fmt: skip
 # Preset defaults. A value the user sets explicitly always wins over the preset's.
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {},
+    "original": ORIGINAL_RECIPE,
     "smoke": {
         "base_model": TINY_MODEL,
         "mathcodeinstruct_source": "builtin",
@@ -86,10 +105,11 @@ class Settings(BaseSettings):
     )
 
     # --- job -------------------------------------------------------------------------------------
-    preset: Literal["full", "smoke"] = Field(
+    preset: Literal["full", "original", "smoke"] = Field(
         "full",
         json_schema_extra={"section": "job"},
-        description="full = the real recipe; smoke = embedded tiny model and samples, CPU, minutes",
+        description="full = r1ft's recipe (README: what it changes against the notebook); original = the notebook's "
+        "recipe in meaning (NF4 base, paged AdamW 8-bit); smoke = embedded tiny model and samples, CPU, minutes",
     )
     output: str = Field(
         "",
@@ -141,8 +161,10 @@ class Settings(BaseSettings):
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     lora_targets: str = Field("all-linear", description="LoRA target modules (comma list or all-linear)")
-    optim: str = Field(
-        "auto", description="optimizer (auto: paged_adamw_8bit for nf4, adamw_torch_fused else)"
+    optim: Optimizer = Field(
+        "auto",
+        description="optimizer, an AdamW: auto = paged_adamw_8bit on an NF4 base, else adamw_torch_fused "
+        "(32-bit moments; adamw_torch on the CPU)",
     )
     gradient_checkpointing: Literal["auto", "true", "false"] = Field(
         "auto", description="auto = only when the plan says memory needs it"
@@ -186,6 +208,15 @@ class Settings(BaseSettings):
     )
     length_policy: Literal["drop", "truncate"] = Field(
         "drop", description="examples longer than max_seq_len: drop or truncate"
+    )
+    dedup: Literal["problem", "pair"] = Field(
+        "pair",
+        description="duplicates removed: pair = only exact (problem, solution) repeats; problem = one solution "
+        "per problem (README: Data)",
+    )
+    interpreter_output_loss: bool = Field(
+        True,
+        description="interpreter output blocks carry loss (the notebook's); false: kept in the context, without loss",
     )
     mathcodeinstruct_revision: str = Field(
         "main",
@@ -285,8 +316,8 @@ CREDENTIAL_IDS = ("aws_access_key_id",)  # not secret, but they name an account:
 RUN_SHAPING_FIELDS = {
     "preset", "base_model", "base_revision", "quant", "epochs", "max_steps", "learning_rate", "lr_scheduler",
     "warmup_ratio", "weight_decay", "global_batch", "max_seq_len", "lora_r", "lora_alpha", "lora_dropout",
-    "lora_targets", "seed", "mathcodeinstruct_source", "scibench_source", "mathcodeinstruct_samples",
-    "scibench_upsample", "eval_fraction", "length_policy",
+    "lora_targets", "optim", "seed", "mathcodeinstruct_source", "scibench_source", "mathcodeinstruct_samples",
+    "scibench_upsample", "eval_fraction", "length_policy", "dedup", "interpreter_output_loss",
 }  # fmt: skip
 
 
