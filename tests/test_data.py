@@ -238,6 +238,15 @@ def test_the_draw_takes_each_solution_on_its_own_with_pair(tmp_path, tiny_tokeni
     assert seen - {0, 3}  # some draw took part of the three-solution problem
 
 
+def test_a_problem_crossing_to_the_empty_split_takes_all_its_solutions():
+    pairs = [({"key": k, "n": i}, {}) for i, k in enumerate(["a", "a", "b", "c", "c"])]
+    for train, held in (mix.ensure_both_splits(pairs, []), mix.ensure_both_splits([], pairs)):
+        assert train and held and len(train) + len(held) == 5
+        assert not {ex["key"] for ex, _ in train} & {ex["key"] for ex, _ in held}  # no problem on both sides
+    one = [({"key": "a", "n": i}, {}) for i in range(3)]  # a single problem: one solution has to cross
+    assert [len(side) for side in mix.ensure_both_splits(one, [])] == [2, 1]
+
+
 def test_origin_needs_several_solutions_and_reads_notation():
     from r1ft.data.origin import looks_like_math
 

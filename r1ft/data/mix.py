@@ -198,16 +198,20 @@ def draw_and_split(
 
 def ensure_both_splits(train: list[tuple], held: list[tuple]) -> tuple[list[tuple], list[tuple]]:
     """Small data can hash every problem to one side: then the problem with the lowest (or highest) split
-    hash crosses over, so both eval loss and training have an example. DataError when nothing is left."""
+    hash crosses over with all its solutions, so both eval loss and training have an example. DataError
+    when nothing is left."""
     if not train and not held:
         raise DataError(
             "no example is left after cleaning and the length policy: see the counts in `r1ft data --stats`"
         )
     if len(train) + len(held) < 2:
         return train, held
+    if train and held:
+        return train, held
     rank = sorted(held or train, key=lambda pair: _unit_hash("split", pair[0]["key"]))
-    if not held:
-        return rank[1:], rank[:1]
-    if not train:
-        return rank[-1:], rank[:-1]
-    return train, held
+    crossing = rank[0] if not held else rank[-1]
+    moved = [pair for pair in rank if pair[0]["key"] == crossing[0]["key"]]  # every solution of the problem
+    if len(moved) == len(rank):  # one problem only: one of its solutions crosses
+        moved = [crossing]
+    rest = [pair for pair in rank if not any(pair is m for m in moved)]
+    return (rest, moved) if not held else (moved, rest)
