@@ -95,6 +95,8 @@ class Plan:
         data = asdict(self)
         data["recommended_disk_gb"] = self.recommended_disk_gb
         data["quant"] = self.recipe.quant
+        data["base_precision"] = self.recipe.base_precision
+        data["optimizer"] = self.recipe.optimizer
         data["compiled"] = self.recipe.compiled
         data["checkpointing"] = self.recipe.sized_checkpointed
         data["layout"] = asdict(self.recipe.layout)

@@ -33,6 +33,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from r1ft.export.gguf_types import SUPPORTED_GGUF_TYPES
 from r1ft.model.tiny import TINY_MODEL
+from r1ft.presets import PRESETS
 from r1ft.validation import cross_checks
 
 PREFIX = "R1FT_"
@@ -41,33 +42,11 @@ BASE_MODEL_REVISION = "ad9f0ae0864d7fbcd1cd905e3c6c5b069cc8b562"
 # The MATH-500 commit evaluation projects pin (r1ft.tasks.math500 says where it was found).
 MATH500_REVISION = "6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be"
 
-# Preset defaults. A value the user sets explicitly always wins over the preset's.
-PRESETS: dict[str, dict[str, Any]] = {
-    "full": {},
-    "smoke": {
-        "base_model": TINY_MODEL,
-        "mathcodeinstruct_source": "builtin",
-        "scibench_source": "builtin",
-        "mathcodeinstruct_samples": 0,
-        "scibench_upsample": 1,
-        "max_steps": 12,
-        "save_steps": 4,
-        "logging_steps": 1,
-        "eval_steps": 6,
-        "max_seq_len": 512,
-        "learning_rate": 3e-3,
-        "quant": "none",
-        "gradient_checkpointing": "false",
-        "eval_samples": 3,
-        "eval_scibench_samples": 3,
-        "eval_math500_samples": 3,
-        "eval_samples_per_problem": 2,
-        "eval_max_new_tokens": 48,
-        "math500_source": "builtin",
-        "disk_budget_gb": 2.0,
-        "disk_free_floor_gb": 0.2,
-    },
-}
+# R1FT_OPTIM's names (transformers'): AdamW, the notebook's update rule, with 32-bit or 8-bit moments. Other
+# families (Adafactor, Lion, SGD, GaLore...) make another experiment, for which the learning rate is untuned.
+Optimizer = Literal[
+    "auto", "adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit"
+]  # fmt: skip
 
 
 class SettingsError(Exception):
@@ -91,10 +70,11 @@ class Settings(BaseSettings):
     )
 
     # --- job -------------------------------------------------------------------------------------
-    preset: Literal["full", "smoke"] = Field(
+    preset: Literal["full", "original", "smoke"] = Field(
         "full",
         json_schema_extra={"section": "job"},
-        description="full = the real recipe; smoke = embedded tiny model and samples, CPU, minutes",
+        description="full = r1ft's recipe (README: what it changes against the notebook); original = the notebook's "
+        "recipe in meaning (NF4 base, paged AdamW 8-bit); smoke = embedded tiny model and samples, CPU, minutes",
     )
     output: str = Field(
         "",
@@ -149,8 +129,10 @@ class Settings(BaseSettings):
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     lora_targets: str = Field("all-linear", description="LoRA target modules (comma list or all-linear)")
-    optim: str = Field(
-        "auto", description="optimizer (auto: paged_adamw_8bit for nf4, adamw_torch_fused else)"
+    optim: Optimizer = Field(
+        "auto",
+        description="optimizer, an AdamW: auto = paged_adamw_8bit on an NF4 base, else adamw_torch_fused "
+        "(32-bit moments; adamw_torch on the CPU)",
     )
     gradient_checkpointing: Literal["auto", "true", "false"] = Field(
         "auto", description="auto = only when the plan says memory needs it"
@@ -194,6 +176,15 @@ class Settings(BaseSettings):
     )
     length_policy: Literal["drop", "truncate"] = Field(
         "drop", description="examples longer than max_seq_len: drop or truncate"
+    )
+    dedup: Literal["problem", "pair"] = Field(
+        "pair",
+        description="duplicates removed: pair = only exact (problem, solution) repeats; problem = one solution "
+        "per problem (README: Data)",
+    )
+    interpreter_output_loss: bool = Field(
+        True,
+        description="interpreter output blocks carry loss (the notebook's); false: kept in the context, without loss",
     )
     mathcodeinstruct_revision: str = Field(
         "main",
@@ -314,8 +305,8 @@ CREDENTIAL_IDS = ("aws_access_key_id",)  # not secret, but they name an account:
 RUN_SHAPING_FIELDS = {
     "preset", "base_model", "base_revision", "quant", "epochs", "max_steps", "learning_rate", "lr_scheduler",
     "warmup_ratio", "weight_decay", "global_batch", "max_seq_len", "lora_r", "lora_alpha", "lora_dropout",
-    "lora_targets", "seed", "mathcodeinstruct_source", "scibench_source", "mathcodeinstruct_samples",
-    "scibench_upsample", "eval_fraction", "length_policy",
+    "lora_targets", "optim", "seed", "mathcodeinstruct_source", "scibench_source", "mathcodeinstruct_samples",
+    "scibench_upsample", "eval_fraction", "length_policy", "dedup", "interpreter_output_loss",
 }  # fmt: skip
 
 
@@ -331,10 +322,6 @@ def env_names() -> dict[str, str]:
             for name in alias.choices if isinstance(alias, AliasChoices) else [alias]:
                 names[str(name)] = field
     return names
-
-
-def _prefixed_field(field: str) -> bool:
-    return Settings.model_fields[field].validation_alias is None
 
 
 # The environment being parsed: os.environ, or the mapping a caller (a test) hands to load_settings.
@@ -456,43 +443,3 @@ def _build(env_file: Path | None, overrides: dict[str, Any]) -> tuple[Settings |
         return Settings(_env_file=env_file, **overrides), None
     except ValidationError as err:
         return None, _field_problems(err)
-
-
-def env_example_text() -> str:
-    """The text of `.env.example`: every variable with its default and its one-line description."""
-    lines = [
-        "# r1ft settings. Copy to .env, fill in what you need, and pass it with `docker run --env-file .env`.",
-        "# Every R1FT_* variable is listed, commented out, with its default: uncomment what you change (an",
-        "# explicit value also overrides the preset's). An unknown R1FT_* name is an error.",
-        "# Write values without quotes: `docker run --env-file` keeps quote characters literally.",
-        "# In the image, leave R1FT_WORK_DIR unset: it is /workspace, which the disk watchdog measures.",
-    ]
-    section = ""
-    for name, info in Settings.model_fields.items():
-        if not _prefixed_field(name):
-            continue
-        group = (info.json_schema_extra or {}).get("section", section)
-        if group != section:
-            section = group
-            lines += ["", f"# --- {section} ---"]
-        default = info.default
-        shown = (
-            str(default).lower() if isinstance(default, bool) else ("" if default is None else str(default))
-        )
-        lines.append(f"# {info.description}")
-        lines.append(f"#{PREFIX}{name.upper()}={shown}")
-    lines += [
-        "",
-        "# --- secrets and platform variables (standard names) ---",
-        "# Hub write token, needed for R1FT_OUTPUT=hf://... (and for gated or private models/datasets)",
-        "#HF_TOKEN=",
-        "# S3 credentials for R1FT_OUTPUT=s3://... ; the endpoint for R2, MinIO, Backblaze, Wasabi...",
-        "#AWS_ACCESS_KEY_ID=",
-        "#AWS_SECRET_ACCESS_KEY=",
-        "#AWS_SESSION_TOKEN=",
-        "#AWS_DEFAULT_REGION=",
-        "#AWS_ENDPOINT_URL=",
-        "# Set by Vast.ai inside the instance (CONTAINER_ID, CONTAINER_API_KEY): leave them out of this file.",
-        "",
-    ]
-    return "\n".join(lines)

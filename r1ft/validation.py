@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 from r1ft.model.tiny import TINY_MODEL
 from r1ft.publish.location import LocationError, parse_location
 
+# R1FT_OPTIM's names (`r1ft.settings.Optimizer`) that bitsandbytes implements: they need a CUDA GPU.
+BITSANDBYTES_OPTIMIZERS = ("paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit")
+
 if TYPE_CHECKING:  # the settings module runs these checks; it is imported, not importing
     from r1ft.settings import Settings
 
@@ -30,6 +33,11 @@ def cross_checks(s: Settings) -> list[str]:
     if s.is_tiny and s.quant == "nf4":
         problems.append(
             "R1FT_QUANT=nf4 needs a CUDA GPU and a real base model; the tiny model trains in bf16/fp32"
+        )
+    if s.is_tiny and s.optim in BITSANDBYTES_OPTIMIZERS:
+        problems.append(
+            f"R1FT_OPTIM={s.optim} is a bitsandbytes optimizer, which needs a CUDA GPU; the tiny model trains on "
+            "the CPU: use adamw_torch or auto"
         )
     return problems
 

@@ -183,3 +183,23 @@ def test_a_variants_library_switches_reach_its_worker_and_settings_do_not(monkey
     env = bench.worker_env(1, cpp.env)
     assert env["TORCHINDUCTOR_CPP_WRAPPER"] == "1"
     assert "R1FT_QUANT" not in env  # settings go through the spec, not the environment
+
+
+def test_the_4bit_variant_is_the_original_preset_so_its_ratio_to_a_is_like_for_like(tmp_path):
+    from r1ft.bench.worker import variant_settings
+    from r1ft.machine.gpu import Hardware
+    from r1ft.presets import ORIGINAL_RECIPE
+    from r1ft.recipe import make_recipe
+
+    named = {v.name: v for v in variants.single_gpu_variants()}
+    spec = {"work_dir": str(tmp_path), "steps": 4, "seed": 42}
+    h100 = Hardware(device="cuda", gpu_name="NVIDIA H100 80GB HBM3", gpu_mem_gb=85.0, bf16=True)
+    for name in ("a", "b", "b_16g", "b_max16"):
+        s = variant_settings({**spec, "env": named[name].env})
+        assert s.preset == "original" and {k: getattr(s, k) for k in ORIGINAL_RECIPE} == ORIGINAL_RECIPE
+    b = variant_settings({**spec, "env": named["b"].env})
+    r = make_recipe(b, h100, 1, base_config())
+    assert (r.quant, r.optimizer, r.compiled, r.layout.per_device) == ("nf4", "paged_adamw_8bit", True, 16)
+    tiny = variant_settings({**spec, "env": variants.tiny_variant(named["b"]).env})  # CPU: no bitsandbytes
+    cpu = make_recipe(tiny, Hardware(device="cpu"), 1, base_config())
+    assert (cpu.quant, cpu.optimizer) == ("none", "adamw_torch")

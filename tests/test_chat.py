@@ -70,3 +70,60 @@ def test_tokenizer_roundtrip_is_lossless(tiny_tokenizer):
     text = "∫ x² dx = x³/3 + C; ΔH = −285.8 kJ/mol 🙂"
     ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tiny_tokenizer.decode(ids) == text
+
+
+# --- interpreter output and the loss ----------------------------------------------------------------------
+
+CODE_REASONING = (
+    "Add them.\n\n```python\nx = 2 + 3\nx\n```\n\n```output\n5\n```\n\nSo x is 5.\n\n"
+    "```python\nprint(x * 2)\n```\n\n```output\n10\n```"
+)
+
+
+def _masked_runs(tok, ex: dict, n_prompt: int) -> list[str]:
+    """The decoded runs of completion tokens that carry no loss."""
+    runs, current = [], []
+    for t, lab in zip(ex["input_ids"][n_prompt:], ex["labels"][n_prompt:], strict=True):
+        if lab == chat.IGNORE_INDEX:
+            current.append(t)
+        elif current:
+            runs.append(tok.decode(current))
+            current = []
+    return runs + ([tok.decode(current)] if current else [])
+
+
+def test_interpreter_output_blocks_can_stay_in_the_context_without_loss(tiny_tokenizer):
+    tok = tiny_tokenizer
+    kept = chat.tokenize_example(tok, PROBLEM, CODE_REASONING, ANSWER)
+    masked = chat.tokenize_example(tok, PROBLEM, CODE_REASONING, ANSWER, output_loss=False)
+    n = len(chat.prompt_ids(tok, PROBLEM))
+    assert masked["input_ids"] == kept["input_ids"]  # the same context
+    assert (
+        chat.loss_text(tok, kept["input_ids"], kept["labels"])
+        == f"{CODE_REASONING}\n</think>\n\n{ANSWER}{EOS}"
+    )
+    runs = _masked_runs(tok, masked, n)
+    assert [r.rstrip() for r in runs] == [
+        "```output\n5\n```",
+        "```output\n10\n```",
+    ]  # the blocks, fences and all
+    loss = chat.loss_text(tok, masked["input_ids"], masked["labels"])
+    assert "```output" not in loss and "```python\nx = 2 + 3" in loss and "print(x * 2)" in loss
+    assert loss.endswith(f"</think>\n\n{ANSWER}{EOS}") and masked["labels"][-1] == tok.eos_token_id
+
+
+def test_token_kinds_follow_the_fences_by_offset():
+    reasoning = "Hi\n\n```python\n1\n```\n\n```output\n1\n```"
+    spans = chat.fence_spans(reasoning)
+    assert [(reasoning[s:e], k) for s, e, k in spans] == [
+        ("```python\n1\n```", chat.CODE),
+        ("```output\n1\n```", chat.OUTPUT),
+    ]
+    # "Hi", "\n\n", "```python", "\n1", "\n```\n\n" (straddles the code fence's end), "```output", "\n1\n```", EOS
+    offsets = [(0, 2), (2, 4), (4, 13), (13, 15), (15, 21), (21, 30), (30, 36), (36, 36)]
+    kinds = chat.token_kinds(offsets, spans)
+    assert list(kinds) == [chat.TEXT, chat.TEXT, chat.CODE, chat.CODE, chat.CODE, chat.OUTPUT, chat.OUTPUT,
+                           chat.TEXT]  # fmt: skip
+    assert chat.completion_labels([7] * 8, kinds, output_loss=False) == [7] * 5 + [chat.IGNORE_INDEX] * 2 + [
+        7
+    ]

@@ -67,12 +67,12 @@ def test_builtin_counts(builtin):
         builtin.stats.model_dump()["sources"]["scibench"],
     )
     assert (mci_stats["records"], mci_stats["bad"], mci_stats["contaminated"]) == (24, {}, 1)
-    assert mci_stats["duplicates"] == {"exact": 0, "problem": 1}
+    assert mci_stats["duplicates"] == {"exact": 0, "problem": 0}  # R1FT_DEDUP=pair: a second solution stays
     assert (sci_stats["records"], sci_stats["solution_records"], sci_stats["test_records"]) == (14, 7, 7)
-    assert sci_stats["duplicates"] == {"exact": 0, "problem": 1}
-    assert builtin.stats.model_dump()["dropped"] == {"contaminated": 1, "duplicate_problem": 2}
+    assert sci_stats["duplicates"] == {"exact": 0, "problem": 0}
+    assert builtin.stats.model_dump()["dropped"] == {"contaminated": 1}
     assert builtin.stats.model_dump()["contamination"] == {"test_problems": 7, "removed": 1, "leaked": 0}
-    assert len(builtin.train) + len(builtin.eval) == 22 + 6  # every sample fits the smoke length (512)
+    assert len(builtin.train) + len(builtin.eval) == 23 + 7  # every sample fits the smoke length (512)
     assert len(builtin.eval) >= 1 and len(builtin.scibench_test) == 7
     assert builtin.stats.model_dump()["cache_hit"] is False
 
@@ -175,12 +175,86 @@ def test_duplicates_removed_and_counted(tmp_path, tiny_tokenizer):
         tmp_path,
         tiny_tokenizer,
         mathcodeinstruct_source=write_jsonl(tmp_path / "m.jsonl", [*base, again, other_solution, sol_copy]),
+        dedup="problem",
     )
     s = p.stats.model_dump()["sources"]
     assert s["mathcodeinstruct"]["duplicates"] == {"exact": 1, "problem": 2}  # the SciBench solution wins
     assert s["scibench"]["duplicates"] == {"exact": 0, "problem": 1}
     ids = list(p.train["id"]) + list(p.eval["id"])
     assert len(ids) == len(set(ids)) == 6 + 6
+
+
+def _solutions(problem: str, answers: list[int]) -> list[dict]:
+    """Distinct solutions of one problem, one record each."""
+    return [mci(problem, ("text", f"Way {i}: it is \\boxed{{{a}}}.")) for i, a in enumerate(answers)]
+
+
+def mix_set() -> list[dict]:
+    """A constructed MathCodeInstruct set: a word problem with three solutions and an exact repeat of one, a
+    LaTeX problem with two solutions, and six problems with one solution each."""
+    word = _solutions("Tom has 3 apples and buys 4. How many apples has he?", [7, 7, 7])
+    latex = _solutions("Compute $\\frac{1}{2} + \\frac{1}{3}$.", [5, 5])
+    singles = word_problems(6)
+    return [*word, json.loads(json.dumps(word[0])), *latex, *singles]
+
+
+@pytest.mark.parametrize(
+    ("mode", "kept", "duplicates", "pool"),
+    [
+        ("problem", 8, {"exact": 1, "problem": 3}, {"gsm8k": 1, "math": 1, "interpolated": 6}),
+        ("pair", 11, {"exact": 1, "problem": 0}, {"gsm8k": 3, "math": 2, "interpolated": 6}),
+    ],
+)
+def test_dedup_modes_and_the_mix_they_leave(tmp_path, tiny_tokenizer, mode, kept, duplicates, pool):
+    """problem: one solution per problem; pair: every distinct solution, only the exact repeat goes. The mix
+    by origin is counted before and after, and every solution of a problem lands on one side of the split."""
+    src = write_jsonl(tmp_path / "m.jsonl", mix_set())
+    p = prepare(tmp_path, tiny_tokenizer, mathcodeinstruct_source=src, scibench_source="none", dedup=mode,
+                mathcodeinstruct_samples=0, eval_fraction=0.3)  # fmt: skip
+    stats = p.stats
+    assert stats.sources["mathcodeinstruct"].duplicates == duplicates
+    assert stats.mix.loaded == {"gsm8k": 4, "math": 2, "interpolated": 6}  # the repeat counted, told apart
+    assert stats.mix.deduplicated == stats.mix.drawn == pool
+    assert sum(stats.mix.train.values()) + sum(stats.mix.eval.values()) == kept
+    assert stats.mix.train_rows == stats.mix.train and "no field" in stats.mix.rule
+    ids = list(p.train["id"]) + list(p.eval["id"])
+    assert len(ids) == len(set(ids)) == kept  # several solutions of one problem: an id each
+    text = {split: " ".join(r["text"] for r in data.iter_rendered(p, tiny_tokenizer, split)) for split in
+            ("train", "eval")}  # fmt: skip
+    for problem in ("Tom has 3 apples", "\\frac{1}{2}"):
+        assert sum(problem in t for t in text.values()) == 1  # all its solutions on one side
+    keys = [ex["problem"] for ex in p.eval_examples]
+    assert len(keys) == len(set(keys))  # generation scoring asks each held-out problem once
+
+
+def test_the_draw_takes_each_solution_on_its_own_with_pair(tmp_path, tiny_tokenizer):
+    """pair ranks (seed, problem, solution): a draw of 6 from 11 examples need not take whole problems."""
+    src = write_jsonl(tmp_path / "m.jsonl", mix_set())
+    seen = set()
+    for seed in range(6):
+        p = prepare(tmp_path / str(seed), tiny_tokenizer, mathcodeinstruct_source=src, scibench_source="none",
+                    dedup="pair", mathcodeinstruct_samples=6, seed=seed)  # fmt: skip
+        assert sum(p.stats.mix.drawn.values()) == 6
+        seen.add(p.stats.mix.drawn.get("gsm8k", 0))
+    assert seen - {0, 3}  # some draw took part of the three-solution problem
+
+
+def test_a_problem_crossing_to_the_empty_split_takes_all_its_solutions():
+    pairs = [({"key": k, "n": i}, {}) for i, k in enumerate(["a", "a", "b", "c", "c"])]
+    for train, held in (mix.ensure_both_splits(pairs, []), mix.ensure_both_splits([], pairs)):
+        assert train and held and len(train) + len(held) == 5
+        assert not {ex["key"] for ex, _ in train} & {ex["key"] for ex, _ in held}  # no problem on both sides
+    one = [({"key": "a", "n": i}, {}) for i in range(3)]  # a single problem: one solution has to cross
+    assert [len(side) for side in mix.ensure_both_splits(one, [])] == [2, 1]
+
+
+def test_origin_needs_several_solutions_and_reads_notation():
+    from r1ft.data.origin import looks_like_math
+
+    assert looks_like_math("Find $x$ if $2x = 4$.") and looks_like_math("Let \\[f(x)=x^2.\\]")
+    assert looks_like_math("What is 1/6 + 1/3? Express your answer as a common fraction.")
+    assert not looks_like_math("She pays $5 for one and $7 for the other. How much in all?")
+    assert not looks_like_math("Janet sells eggs for $2 each.")
 
 
 # --- split, draw, determinism -----------------------------------------------------------------------------
@@ -283,12 +357,15 @@ def test_batched_tokenization_matches_chat_module_on_both_paths(tiny_tokenizer):
     import copy
 
     examples = [dict(ex, problem=ex["problem"] + " " + "x" * i) for i, ex in enumerate(_builtin_examples())]
-    fast = mix.tokenize_examples(tiny_tokenizer, examples)
     slow_tok = copy.deepcopy(tiny_tokenizer)
     slow_tok.backend_tokenizer.enable_truncation(100_000)  # forces the tokenizer(...) path
-    slow = mix.tokenize_examples(slow_tok, examples)
-    for ex, a, b in zip(examples, fast, slow, strict=True):
-        assert a == b == tokenize_example(tiny_tokenizer, ex["problem"], ex["reasoning"], ex["answer"])
+    for output_loss in (True, False):
+        fast = mix.tokenize_examples(tiny_tokenizer, examples, output_loss)
+        slow = mix.tokenize_examples(slow_tok, examples, output_loss)
+        for ex, a, b in zip(examples, fast, slow, strict=True):
+            one = tokenize_example(tiny_tokenizer, ex["problem"], ex["reasoning"], ex["answer"], output_loss)
+            assert a == b and {k: a[k] for k in one} == one
+            assert len(a["kinds"]) == len(a["input_ids"])
 
 
 def _builtin_examples() -> list[dict]:
@@ -533,6 +610,8 @@ def test_fingerprint(tmp_path):
     fp = data.data_fingerprint(make_settings(tmp_path, mathcodeinstruct_source=src))
     assert fp == data.data_fingerprint(make_settings(tmp_path, mathcodeinstruct_source=src))
     assert fp != data.data_fingerprint(make_settings(tmp_path, mathcodeinstruct_source=src, seed=1))
+    for changed in ({"dedup": "problem"}, {"interpreter_output_loss": "false"}):  # they change the data
+        assert fp != data.data_fingerprint(make_settings(tmp_path, mathcodeinstruct_source=src, **changed))
     write_jsonl(src, word_problems(4))
     assert fp != data.data_fingerprint(make_settings(tmp_path, mathcodeinstruct_source=src))
     hub = make_settings(tmp_path, mathcodeinstruct_source="owner/name")
@@ -565,8 +644,49 @@ def test_real_files_counts(shared_data, tmp_path, tiny_tokenizer):
         580,
         580,
     )
-    assert s["duplicates"] == {"exact": 1, "problem": 1} and s["bad"] == {}
-    assert s["length"]["ok"] + s["length"]["too_long"] == 110
+    assert s["duplicates"] == {"exact": 1, "problem": 0} and s["bad"] == {}  # one problem, two solutions kept
+    assert s["length"]["ok"] + s["length"]["too_long"] == 111
     assert (m["records"], m["examples"], m["bad"]) == (4000, 4000, {})
     assert m["length"]["ok"] == 300
     assert p.stats.model_dump()["contamination"] == {"test_problems": 580, "removed": 0, "leaked": 0}
+
+
+def test_interpreter_output_mask_on_real_sample_records(shared_data, tmp_path, tiny_tokenizer):
+    """R1FT_INTERPRETER_OUTPUT_LOSS=false on the shared MathCodeInstruct-format records: the same tokens, the
+    output blocks (fences included) without loss, the code, the answer and the EOS with loss."""
+    import re
+
+    from r1ft.chat import IGNORE_INDEX
+
+    sample = shared_data / "mathcoder-sample" / "mathcodeinstruct_format_sample.jsonl"
+    common = {"mathcodeinstruct_source": sample, "scibench_source": "none", "mathcodeinstruct_samples": 120,
+              "max_seq_len": 2048}  # fmt: skip
+    kept = prepare(tmp_path / "kept", tiny_tokenizer, **common)
+    masked = prepare(tmp_path / "masked", tiny_tokenizer, interpreter_output_loss="false", **common)
+    assert list(kept.train["input_ids"]) == list(masked.train["input_ids"])  # the context is unchanged
+    blocks_seen = 0
+    for row, line in zip(masked.train, data.iter_rendered(masked, tiny_tokenizer, "train"), strict=True):
+        ids, labels = row["input_ids"], row["labels"]
+        start = next(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX)  # the completion's first token
+        runs, current = [], []
+        for t, lab in zip(ids[start:], labels[start:], strict=True):
+            if lab == IGNORE_INDEX:
+                current.append(t)
+            elif current:
+                runs.append(tiny_tokenizer.decode(current))
+                current = []
+        blocks = re.findall(r"```output\n.*?```", line["text"], flags=re.DOTALL)
+        assert [r.rstrip() for r in runs] == blocks  # exactly the output blocks, nothing else
+        blocks_seen += len(blocks)
+        answer = line["text"].rsplit("</think>", 1)[1]
+        assert "```output" not in line["loss_text"] and line["loss_text"].endswith("</think>" + answer)
+        assert labels[-1] == tiny_tokenizer.eos_token_id
+        assert line["text"].count("```python") == line["loss_text"].count("```python")  # code keeps its loss
+    assert blocks_seen > len(masked.train)  # about two output blocks an example
+    for row in kept.train:
+        start = next(i for i, lab in enumerate(row["labels"]) if lab != IGNORE_INDEX)
+        assert row["labels"][start:] == row["input_ids"][start:]  # true: the whole completion carries loss
+    k, m = kept.stats.tokens, masked.stats.tokens
+    assert k.train_output_tokens == m.train_output_tokens == k.train_loss_by_block["output"] > 0
+    assert m.train_loss_by_block["output"] == 0 and m.train_loss == k.train_loss - k.train_output_tokens
+    assert m.train_output_blocks == blocks_seen

@@ -409,7 +409,9 @@ def test_markdown_gives_ready_commands_for_the_k_quant_and_says_what_was_withhel
     assert "llama-cli -m gguf/model-q4_k_m.gguf --jinja" in md and "llama-cli -m gguf/model-q8_0" not in md
     assert "FROM ./gguf/model-q4_k_m.gguf" in md and "<｜Assistant｜><think>\n" in md
     assert "ollama create r1ft-q4_k_m -f Modelfile" in md
-    assert "aws s3 cp s3://bucket/p/gguf/model-q4_k_m.gguf" in gguf_section(results, parse_location("s3://bucket/p/"))
+    assert "aws s3 cp s3://bucket/p/gguf/model-q4_k_m.gguf" in gguf_section(
+        results, parse_location("s3://bucket/p/")
+    )
     assert "llama-cli -m gguf/model-q8_0.gguf" in gguf_section(results[:2], parse_location("x"))
     assert gguf_section([], parse_location("x")) == ""
 

@@ -27,12 +27,16 @@ class Variant:
 
 
 def single_gpu_variants() -> list[Variant]:
+    """a is the notebook's recipe as written, b the same recipe in meaning (`R1FT_PRESET=original`: NF4 base,
+    paged AdamW 8-bit, the notebook's values) computed r1ft's way, so b's ratio to a is like for like; c is
+    `full`'s bf16 path. a reads its values from the same preset."""
     compiled = {"R1FT_TORCH_COMPILE": "true"}
-    nf4, bf16 = {"R1FT_QUANT": "nf4", **compiled}, {"R1FT_QUANT": "none", **compiled}
+    original = {"R1FT_PRESET": "original"}
+    nf4, bf16 = {**original, **compiled}, {"R1FT_QUANT": "none", **compiled}
     worst = {"data": "worst", "steps": 4}
     return [
-        Variant("a", "original recipe: NF4, 2x8 padded, paged AdamW 8-bit, ckpt, SDPA", recipe="original"),
-        Variant("b", "r1ft 4-bit: NF4, 16 padding-free, flex, compiled, adaptive ckpt", env=nf4),
+        Variant("a", "original recipe: NF4, 2x8 padded, paged AdamW 8-bit, ckpt, SDPA", recipe="original", env=original),
+        Variant("b", "R1FT_PRESET=original: NF4, paged AdamW 8-bit, 16 padding-free, flex, compiled, adaptive ckpt", env=nf4),
         Variant("c", "r1ft bf16: 16 padding-free, flex, compiled, adaptive ckpt", env=bf16),
         Variant("c_eager", "c without torch.compile (Liger kernels instead)", env={**bf16, "R1FT_TORCH_COMPILE": "false"}),
         Variant("c_cpp", "c with Inductor's C++ wrapper (kernels launched from C++)", env={**bf16, "TORCHINDUCTOR_CPP_WRAPPER": "1"}),
@@ -66,7 +70,9 @@ def gpu_counts(text: str) -> list[int]:
 
 
 def tiny_variant(v: Variant) -> Variant:
-    """The same variant on the CPU tiny model: fp32, no compile, no 4-bit, SDPA, no LoRA dropout."""
-    env = {**v.env, "R1FT_QUANT": "none", "R1FT_TORCH_COMPILE": "false", "R1FT_LORA_DROPOUT": "0"}
+    """The same variant on the CPU tiny model: fp32, no compile, no 4-bit, plain AdamW (bitsandbytes needs
+    CUDA), SDPA, no LoRA dropout."""
+    env = {**v.env, "R1FT_QUANT": "none", "R1FT_OPTIM": "auto", "R1FT_TORCH_COMPILE": "false",
+           "R1FT_LORA_DROPOUT": "0"}  # fmt: skip
     env.pop("R1FT_GRADIENT_CHECKPOINTING", None)
     return Variant(**{**asdict(v), "env": env, "card_gb": 0.0})

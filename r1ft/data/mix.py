@@ -11,7 +11,15 @@ import json
 from collections import Counter
 from typing import Any
 
-from r1ft.chat import IGNORE_INDEX, completion_text, prompt_text
+from r1ft.chat import (
+    IGNORE_INDEX,
+    PROMPT,
+    completion_labels,
+    completion_text,
+    fence_spans,
+    prompt_text,
+    token_kinds,
+)
 from r1ft.data.sources import SOURCES
 from r1ft.records import DataError
 
@@ -34,18 +42,35 @@ def guard_contamination(examples: list[dict], test_keys: set[str]) -> tuple[list
     return kept, removed
 
 
-def deduplicate(examples: list[dict]) -> tuple[list[dict], dict[str, Counter]]:
-    """The first example of each normalised problem; the others counted per source as exact duplicates
-    (the same problem, reasoning and answer) or problem duplicates (another solution of it)."""
-    seen: dict[str, str] = {}
+def solution_key(ex: dict) -> str:
+    """What makes two examples the same example: the normalised problem, the reasoning and the answer
+    (whitespace runs as one space)."""
+    return digest([ex["key"], " ".join(ex["reasoning"].split()), " ".join(ex["answer"].split())])
+
+
+def deduplicate(examples: list[dict], mode: str) -> tuple[list[dict], dict[str, Counter]]:
+    """Examples without repeats, the removed counted per source as exact duplicates (the same problem,
+    reasoning and answer) or problem duplicates (another solution of a problem already kept). `problem`
+    keeps the first example of each normalised problem; `pair` keeps every distinct solution, each with an
+    id of its own."""
+    firsts: dict[str, str] = {}  # problem -> its first solution
+    seen: set[str] = set()
     kept, counts = [], {"exact": Counter(), "problem": Counter()}
     for ex in examples:
-        whole = digest([ex["key"], " ".join(ex["reasoning"].split()), " ".join(ex["answer"].split())])
-        if ex["key"] in seen:
-            counts["exact" if seen[ex["key"]] == whole else "problem"][ex["source"]] += 1
+        whole = solution_key(ex)
+        if whole in seen:
+            counts["exact"][ex["source"]] += 1
             continue
-        seen[ex["key"]] = whole
+        if mode == "problem" and ex["key"] in firsts:
+            counts["problem"][ex["source"]] += 1
+            continue
+        seen.add(whole)
+        firsts.setdefault(ex["key"], whole)
         kept.append(ex)
+    solutions = Counter(ex["key"] for ex in kept)
+    for ex in kept:  # several solutions of one problem (`pair`): an id each, from the solution's own text
+        if solutions[ex["key"]] > 1:
+            ex["id"] = f"{ex['id']}-{solution_key(ex)[:8]}"
     return kept, counts
 
 
@@ -59,28 +84,53 @@ def is_eval(key: str, fraction: float) -> bool:
     return _unit_hash("split", key) < fraction
 
 
-def tokenize_examples(tokenizer, examples: list[dict]) -> list[dict[str, list[int]]]:
-    """`chat.tokenize_example` for many examples, in batched fast-tokenizer calls (the same ids)."""
+def tokenize_examples(tokenizer, examples: list[dict], output_loss: bool = True) -> list[dict]:
+    """`chat.tokenize_example` for many examples, in batched fast-tokenizer calls (the same ids and labels),
+    with `kinds`: each token's block kind (`chat.PROMPT`, `TEXT`, `CODE`, `OUTPUT`) as bytes."""
     out = []
     for i in range(0, len(examples), TOKENIZE_CHUNK):
         chunk = examples[i : i + TOKENIZE_CHUNK]
         prompts = [prompt_text(tokenizer, ex["problem"]) for ex in chunk]
         completions = [completion_text(ex["reasoning"], ex["answer"], tokenizer.eos_token) for ex in chunk]
-        p_ids, c_ids = _encode(tokenizer, prompts), _encode(tokenizer, completions)
-        out += [
-            {"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c}
-            for p, c in zip(p_ids, c_ids, strict=True)
-        ]
+        p_ids = _encode(tokenizer, prompts)
+        c_ids, c_offsets = _encode_with_offsets(tokenizer, completions)
+        for ex, p, c, offsets in zip(chunk, p_ids, c_ids, c_offsets, strict=True):
+            kinds = token_kinds(offsets, fence_spans(ex["reasoning"]))
+            out.append(
+                {
+                    "input_ids": p + c,
+                    "labels": [IGNORE_INDEX] * len(p) + completion_labels(c, kinds, output_loss),
+                    "kinds": bytes([PROMPT] * len(p)) + kinds,
+                }
+            )
     return out
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids without special tokens. A fast tokenizer's Rust backend is called directly when it has no
-    truncation or padding set (the same ids as `tokenizer(...)`, without building attention masks)."""
+def _fast_backend(tokenizer):
+    """A fast tokenizer's Rust backend when it has no truncation or padding set (then it gives the same ids
+    as `tokenizer(...)`, without building attention masks), else None."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and backend.truncation is None and backend.padding is None:
+        return backend
+    return None
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids without special tokens."""
+    backend = _fast_backend(tokenizer)
+    if backend is not None:
         return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def _encode_with_offsets(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """Token ids without special tokens and each token's character offsets in its text."""
+    backend = _fast_backend(tokenizer)
+    if backend is not None:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        return [e.ids for e in encodings], [e.offsets for e in encodings]
+    out = tokenizer(texts, add_special_tokens=False, verbose=False, return_offsets_mapping=True)
+    return out["input_ids"], out["offset_mapping"]
 
 
 def fit_length(tokens: dict[str, list[int]], max_len: int, policy: str) -> tuple[dict | None, str]:
@@ -97,14 +147,16 @@ def fit_length(tokens: dict[str, list[int]], max_len: int, policy: str) -> tuple
 
 
 def draw(examples: list[dict], want: int, settings, tokenizer) -> tuple[list[tuple[dict, dict]], Counter]:
-    """Up to `want` examples (0: all) that fit the length policy, ranked by a hash of (seed, problem);
-    examples that do not fit are replaced by the next ones. Returns (example, tokens) pairs and counts."""
-    ranked = sorted(examples, key=lambda ex: _unit_hash(settings.seed, "draw", ex["key"]))
+    """Up to `want` examples (0: all) that fit the length policy, ranked by a hash of (seed, problem) (with
+    `R1FT_DEDUP=pair`, of (seed, problem, solution): each solution is drawn on its own); examples that do
+    not fit are replaced by the next ones. Returns (example, tokens) pairs and counts."""
+    ranked = sorted(examples, key=lambda ex: _draw_rank(ex, settings))
     want = want or len(ranked)
     kept, counts, pos = [], Counter(), 0
     while len(kept) < want and pos < len(ranked):
         batch = ranked[pos : pos + max(want - len(kept), 256)]
-        for ex, tokens in zip(batch, tokenize_examples(tokenizer, batch), strict=True):
+        tokenized = tokenize_examples(tokenizer, batch, settings.interpreter_output_loss)
+        for ex, tokens in zip(batch, tokenized, strict=True):
             pos += 1
             fitted, what = fit_length(tokens, settings.max_seq_len, settings.length_policy)
             counts[what] += 1
@@ -114,6 +166,12 @@ def draw(examples: list[dict], want: int, settings, tokenizer) -> tuple[list[tup
                     break
     counts["not_drawn"] = len(ranked) - pos
     return kept, counts
+
+
+def _draw_rank(ex: dict, settings) -> float:
+    if settings.dedup == "pair":
+        return _unit_hash(settings.seed, "draw", ex["key"], solution_key(ex))
+    return _unit_hash(settings.seed, "draw", ex["key"])  # one solution per problem: the problem decides
 
 
 def source_of(ex: dict) -> str:
@@ -140,16 +198,20 @@ def draw_and_split(
 
 def ensure_both_splits(train: list[tuple], held: list[tuple]) -> tuple[list[tuple], list[tuple]]:
     """Small data can hash every problem to one side: then the problem with the lowest (or highest) split
-    hash crosses over, so both eval loss and training have an example. DataError when nothing is left."""
+    hash crosses over with all its solutions, so both eval loss and training have an example. DataError
+    when nothing is left."""
     if not train and not held:
         raise DataError(
             "no example is left after cleaning and the length policy: see the counts in `r1ft data --stats`"
         )
     if len(train) + len(held) < 2:
         return train, held
+    if train and held:
+        return train, held
     rank = sorted(held or train, key=lambda pair: _unit_hash("split", pair[0]["key"]))
-    if not held:
-        return rank[1:], rank[:1]
-    if not train:
-        return rank[-1:], rank[:-1]
-    return train, held
+    crossing = rank[0] if not held else rank[-1]
+    moved = [pair for pair in rank if pair[0]["key"] == crossing[0]["key"]]  # every solution of the problem
+    if len(moved) == len(rank):  # one problem only: one of its solutions crosses
+        moved = [crossing]
+    rest = [pair for pair in rank if not any(pair is m for m in moved)]
+    return (rest, moved) if not held else (moved, rest)

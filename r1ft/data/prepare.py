@@ -6,15 +6,21 @@
    reason and stop when more than `max_bad_fraction` of a source is bad;
 2. the contamination guard: SciBench's main files are its test set; any example whose normalised
    problem equals one of theirs is removed (and the split is verified clean afterwards);
-3. duplicates across sources: the same example twice (exact) or the same normalised problem twice;
+3. duplicates across sources: the same example twice (exact), and with `R1FT_DEDUP=problem` another
+   solution of a problem already kept; each example's origin (`r1ft.data.origin`) is told before, from
+   the solutions each problem has;
 4. MathCodeInstruct's draw (`mathcodeinstruct_samples`, 0 = all): the examples ranked by a hash of
-   (seed, problem), taken in order until enough fit the length policy at `max_seq_len`;
+   (seed, problem) (with `pair`, of (seed, problem, solution)), taken in order until enough fit the length
+   policy at `max_seq_len`; the completion's labels leave out the interpreter's output blocks when
+   `R1FT_INTERPRETER_OUTPUT_LOSS=false`;
 5. the split: an example is held out when a hash of its normalised problem falls under `eval_fraction`,
    so the same problem always lands on the same side whatever else changes (seed included);
 6. SciBench's train examples repeated `scibench_upsample` times (after the split: no duplicate straddles
    train and eval), train shuffled under the seed.
 
-Nothing is dropped silently: every count is in `stats` (and so in `r1ft data --stats` and report.json).
+Nothing is dropped silently: every count is in `stats` (and so in `r1ft data --stats` and report.json), and
+so is the mix by origin at each step. The eval split's examples for generation scoring hold one solution
+per problem (with `pair`, a problem's other solutions stay in the eval loss only).
 The result is cached in `run_dir/data/`, keyed by `data_fingerprint(settings)` (file hashes or Hub
 revisions, and the settings that shape the data), the tokenizer and the policy; reused when they match.
 """
@@ -34,13 +40,14 @@ from typing import Any
 
 from r1ft.chat import loss_text
 from r1ft.data.mix import deduplicate, digest, draw_and_split, guard_contamination
+from r1ft.data.origin import assign_origins
 from r1ft.data.sources import SOURCES, identity, load_source
-from r1ft.data.stats import DataStats, source_stats, totals
+from r1ft.data.stats import DataStats, mix_stats, source_stats, totals
 from r1ft.records import DataError, normalise_problem
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when rendering or mixing changes: old caches and run ids stop matching
+FORMAT_VERSION = 2  # bump when rendering or mixing changes: old caches and run ids stop matching
 SHAPING_FIELDS = (
     "mathcodeinstruct_samples",
     "scibench_upsample",
@@ -48,6 +55,8 @@ SHAPING_FIELDS = (
     "length_policy",
     "max_seq_len",
     "seed",
+    "dedup",
+    "interpreter_output_loss",
 )
 EXAMPLE_KEYS = ("id", "source", "problem", "reasoning", "answer", "gold")
 
@@ -137,10 +146,10 @@ def build(settings, tokenizer) -> PreparedData:
         )
     test = loaded["scibench"].test
     test_keys = {normalise_problem(t["problem_text"]) for t in test}
-    pool, contaminated = guard_contamination(
-        loaded["scibench"].examples + loaded["mathcodeinstruct"].examples, test_keys
-    )
-    pool, duplicates = deduplicate(pool)
+    examples = loaded["scibench"].examples + loaded["mathcodeinstruct"].examples
+    assign_origins(examples)
+    pool, contaminated = guard_contamination(examples, test_keys)
+    pool, duplicates = deduplicate(pool, settings.dedup)
     clock.lap("load_render_clean")
     train_pairs, eval_pairs, lengths = draw_and_split(pool, settings, tokenizer)
     clock.lap("tokenize_split")
@@ -156,8 +165,10 @@ def build(settings, tokenizer) -> PreparedData:
         )
         for name in SOURCES
     }
+    mix = mix_stats(examples, pool, train_pairs, eval_pairs, settings.scibench_upsample)
     stats = {
         "sources": sources,
+        "mix": mix,
         "contamination": {
             "test_problems": len(test_keys),
             "removed": sum(contaminated.values()),
@@ -169,7 +180,7 @@ def build(settings, tokenizer) -> PreparedData:
     clock.lap("datasets")
     stats["timings"] = clock.laps
     stats = DataStats.model_validate(stats)
-    eval_examples = [{k: ex[k] for k in EXAMPLE_KEYS} for ex, _ in eval_pairs]
+    eval_examples = [{k: ex[k] for k in EXAMPLE_KEYS} for ex, _ in _one_per_problem(eval_pairs)]
     return PreparedData(train=train, eval=held, eval_examples=eval_examples, scibench_test=test, stats=stats)
 
 
@@ -186,14 +197,28 @@ class _Clock:
         self._last = now
 
 
+def _one_per_problem(pairs: list[tuple]) -> list[tuple]:
+    """The first pair of each problem (with `R1FT_DEDUP=pair` a problem may have several solutions: the
+    generation scoring asks each problem once)."""
+    seen: set[str] = set()
+    out = []
+    for pair in pairs:
+        if pair[0]["key"] not in seen:
+            seen.add(pair[0]["key"])
+            out.append(pair)
+    return out
+
+
 def _repeat(ex: dict, settings) -> int:
     return settings.scibench_upsample if ex["source"] == "scibench" else 1
 
 
 def _row(ex: dict, tokens: dict) -> dict:
+    """A tokenized row; `kinds` (each token's block kind) serves the statistics, not the saved dataset."""
     return {
         "input_ids": tokens["input_ids"],
         "labels": tokens["labels"],
+        "kinds": tokens["kinds"],
         "source": ex["source"],
         "id": ex["id"],
     }

@@ -7,13 +7,16 @@ count here.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from r1ft.chat import IGNORE_INDEX
+from r1ft.chat import CODE, IGNORE_INDEX, KIND_NAMES, OUTPUT, PROMPT, TEXT
 from r1ft.data.mix import source_of
+from r1ft.data.origin import ORIGINS, RULE
 from r1ft.data.sources import Loaded
 
 
@@ -64,15 +67,32 @@ class Counts(_Stats):
     truncated: int = 0
 
 
+class Mix(_Stats):
+    """Examples by origin (`r1ft.data.origin`: scibench, gsm8k, math, interpolated) at each step from the
+    rendered records to what training sees; `rule` says how the origin was told."""
+
+    rule: str = ""
+    loaded: dict[str, int] = Field(default_factory=dict)  # rendered, before the contamination guard and dedup
+    deduplicated: dict[str, int] = Field(default_factory=dict)  # the pool the draw takes from
+    drawn: dict[str, int] = Field(default_factory=dict)  # after the draw and the length policy (train + eval)
+    train: dict[str, int] = Field(default_factory=dict)
+    eval: dict[str, int] = Field(default_factory=dict)
+    train_rows: dict[str, int] = Field(default_factory=dict)  # train after SciBench's up-sampling
+
+
 class TokenStats(_Stats):
     train_total: int = 0
     train_loss: int = 0
+    train_loss_by_block: dict[str, int] = Field(default_factory=dict)  # text, code, output: loss tokens
+    train_output_tokens: int = 0  # tokens of interpreter-output blocks, with loss or not
+    train_output_blocks: int = 0
     eval_total: int = 0
     length: dict[str, float] = Field(default_factory=dict)  # min, p50, p90, p99, max, mean (tokens)
 
 
 class DataStats(_Stats):
     sources: dict[str, SourceStats] = Field(default_factory=dict)
+    mix: Mix = Field(default_factory=Mix)
     contamination: Contamination = Field(default_factory=Contamination)
     counts: Counts = Field(default_factory=Counts)
     dropped: dict[str, int] = Field(default_factory=dict)
@@ -118,6 +138,53 @@ def source_stats(
     return out
 
 
+def origin_counts(examples: Iterable[dict]) -> dict[str, int]:
+    """Examples per origin, in ORIGINS' order (origins with none left out)."""
+    counts = Counter(ex["origin"] for ex in examples)
+    return {origin: counts[origin] for origin in ORIGINS if counts[origin]}
+
+
+def mix_stats(loaded: list[dict], pool: list[dict], train, held, upsample: int) -> dict[str, Any]:
+    """The mix by origin at each step: rendered, after the guard and dedup, drawn, train, eval, train rows
+    (SciBench's train examples repeated `upsample` times)."""
+    train_ex, held_ex = [ex for ex, _ in train], [ex for ex, _ in held]
+    rows = [ex for ex in train_ex for _ in range(upsample if ex["source"] == "scibench" else 1)]
+    return {
+        "rule": RULE,
+        "loaded": origin_counts(loaded),
+        "deduplicated": origin_counts(pool),
+        "drawn": origin_counts([*train_ex, *held_ex]),
+        "train": origin_counts(train_ex),
+        "eval": origin_counts(held_ex),
+        "train_rows": origin_counts(rows),
+    }
+
+
+_OUTPUT_RUN = re.compile(bytes([OUTPUT]) + b"+")
+
+
+def block_tokens(rows: list[dict]) -> dict[str, Any]:
+    """Train tokens by block kind (`chat.token_kinds`): loss tokens of prose, code and interpreter output, and
+    the output blocks' tokens and count whether they carry loss or not. Only the prompt and (when masked)
+    output tokens are without loss, so the output tokens with loss are the output tokens less the masked
+    completion tokens."""
+    loss: Counter = Counter()
+    output_tokens = blocks = 0
+    for r in rows:
+        kinds = r["kinds"]
+        masked_output = r["labels"].count(IGNORE_INDEX) - kinds.count(PROMPT)
+        loss[TEXT] += kinds.count(TEXT)
+        loss[CODE] += kinds.count(CODE)
+        loss[OUTPUT] += kinds.count(OUTPUT) - masked_output
+        output_tokens += kinds.count(OUTPUT)
+        blocks += len(_OUTPUT_RUN.findall(kinds))
+    return {
+        "train_loss_by_block": {KIND_NAMES[k]: loss[k] for k in (TEXT, CODE, OUTPUT)},
+        "train_output_tokens": output_tokens,
+        "train_output_blocks": blocks,
+    }
+
+
 def _percentiles(values: list[int]) -> dict[str, float]:
     if not values:
         return {}
@@ -156,6 +223,7 @@ def totals(sources: dict, train_rows: list[dict], eval_rows: list[dict], n_test:
         "tokens": {
             "train_total": sum(len(r["input_ids"]) for r in train_rows),
             "train_loss": sum(len(r["labels"]) - r["labels"].count(IGNORE_INDEX) for r in train_rows),
+            **block_tokens(train_rows),
             "eval_total": sum(len(r["input_ids"]) for r in eval_rows),
             "length": _percentiles(list(unique.values())),
         },

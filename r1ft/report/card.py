@@ -67,8 +67,58 @@ def _recipe(report: RunReport) -> str:
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
-def _data(stats: DataStats | None) -> str:
-    """Counts per source, what was dropped and why, token lengths (the full numbers are in report.json)."""
+_MIX_STEPS = (
+    ("loaded", "rendered"),
+    ("deduplicated", "after guard + dedup"),
+    ("drawn", "drawn"),
+    ("train", "train"),
+    ("eval", "eval"),
+    ("train_rows", "train rows"),
+)
+_DEDUP = {
+    "pair": "only exact (problem, solution) repeats removed (R1FT_DEDUP=pair): every solution of a problem kept",
+    "problem": "one solution kept per problem (R1FT_DEDUP=problem)",
+}
+_OUTPUT_LOSS = {
+    True: "carry loss (R1FT_INTERPRETER_OUTPUT_LOSS=true)",
+    False: "in the context without loss (R1FT_INTERPRETER_OUTPUT_LOSS=false)",
+}
+
+
+def _mix(stats: DataStats) -> list[str]:
+    """The examples by origin at each step, and how the origin was told."""
+    mix = stats.mix
+    steps = [(key, title) for key, title in _MIX_STEPS if getattr(mix, key)]
+    if not steps:
+        return []
+    origins = list(dict.fromkeys(o for key, _ in steps for o in getattr(mix, key)))
+    rows = [
+        "| origin | " + " | ".join(title for _, title in steps) + " |",
+        "|---|" + "---|" * len(steps),
+    ]
+    for origin in origins:
+        cells = []
+        for key, _ in steps:
+            counts = getattr(mix, key)
+            total = sum(counts.values())
+            n = counts.get(origin, 0)
+            cells.append(f"{n:,} ({100 * n / total:.0f}%)" if total else "0")
+        rows.append(f"| {origin} | " + " | ".join(cells) + " |")
+    return ["Examples by origin at each step:", "", *rows, "", f"Origin {mix.rule}."]
+
+
+def _loss_blocks(t) -> str:
+    by = t.train_loss_by_block
+    total = sum(by.values())
+    if not total:
+        return ""
+    shares = ", ".join(f"{kind} {100 * n / total:.1f}%" for kind, n in by.items())
+    return f" Loss tokens by block: {shares} ({t.train_output_tokens:,} interpreter-output tokens in train)."
+
+
+def _data(stats: DataStats | None, settings: dict) -> str:
+    """Counts per source, the mix by origin, what was dropped and why, token lengths (the full numbers are
+    in report.json)."""
     if stats is None:
         return "(no data statistics)"
     rows = [
@@ -82,6 +132,14 @@ def _data(stats: DataStats | None) -> str:
             f"| {sum(src.duplicates.values())} | {src.length.get('too_long', 0)} | {sum(src.bad.values())} |"
         )
     out = ["\n".join(rows), ""]
+    dedup, output_loss = settings.get("dedup"), settings.get("interpreter_output_loss")
+    if dedup in _DEDUP:
+        out.append(f"Duplicates: {_DEDUP[dedup]}.")
+    if output_loss in _OUTPUT_LOSS:
+        out.append(f"Interpreter output blocks: {_OUTPUT_LOSS[output_loss]}.")
+    mix = _mix(stats)
+    if mix:
+        out += ["", *mix, ""]
     c = stats.contamination
     if c.test_problems:
         out.append(
@@ -93,6 +151,7 @@ def _data(stats: DataStats | None) -> str:
         out.append(
             f"Training tokens: {t.train_total:,} ({t.train_loss:,} carry loss); example length p50 "
             f"{t.length.get('p50', '?')}, p90 {t.length.get('p90', '?')}, max {t.length.get('max', '?')}."
+            + _loss_blocks(t)
         )
     return "\n".join(out)
 
@@ -163,7 +222,7 @@ def model_card(report: RunReport, where: Location) -> str:
         "\n## Training metrics\n",
         _metrics(report),
         "\n## Data\n",
-        _data(report.data),
+        _data(report.data, report.settings),
     ]
     if report.evaluation:
         parts += ["\n## Evaluation\n\n" + evaluation_section(report.evaluation, report.merge)]
