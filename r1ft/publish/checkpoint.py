@@ -113,6 +113,8 @@ def fetch_last_checkpoint(
     shutil.rmtree(partial, ignore_errors=True)
     try:
         problem = _download_checkpoint(src, partial)
+    except PublishError:
+        raise
     except Exception as exc:
         raise _lookup_error(f"fetching {CHECKPOINT_DIR}/ from", src, exc, secrets) from exc
     if problem:
@@ -164,6 +166,8 @@ def fetch_run_history(
             (run_dir / entry.path).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / entry.path, run_dir / entry.path)
             fetched.append(entry.path)
+    except PublishError:
+        raise
     except Exception as exc:
         raise _lookup_error(
             "fetching the run's published logs from", src, exc, secret_values(settings)
@@ -177,8 +181,7 @@ def fetch_run_history(
 
 
 def _lookup_error(action: str, src: Destination, exc: BaseException, secrets: list[str]) -> PublishError:
-    if isinstance(exc, PublishError):
-        return exc
+    """The error of a lookup that could not be done: DestinationDenied when it was refused."""
     cause = redact(f"{type(exc).__name__}: {exc}", secrets)
     fix = src.denial(exc)
     if fix:

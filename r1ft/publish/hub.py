@@ -35,8 +35,10 @@ def git_blob_oid(path: Path) -> str:
 def hub_transient(exc: BaseException) -> bool:
     """Whether a Hub error is worth retrying: 429, 408, 5xx, dropped connections and timeouts."""
     import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
+    if isinstance(exc, OfflineModeIsEnabled):  # HF_HUB_OFFLINE=1: no retry can help
+        return False
     if isinstance(exc, Mismatch | LocalEntryNotFoundError):  # the latter: a download that lost the network
         return True
     if isinstance(exc, HfHubHTTPError):
@@ -54,9 +56,12 @@ def hub_denial(exc: BaseException, repo_id: str) -> str:
         GatedRepoError,
         HfHubHTTPError,
         LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
         RepositoryNotFoundError,
     )
 
+    if isinstance(exc, OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set, so the Hub cannot be reached: unset it, or publish elsewhere"
     if isinstance(exc, LocalTokenNotFoundError):
         return f"HF_TOKEN is not set: set it to a token with write access ({TOKEN_PAGE})"
     if isinstance(exc, GatedRepoError):

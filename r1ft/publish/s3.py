@@ -271,11 +271,19 @@ class S3Destination:
         return problems
 
     def probe(self, write: bool) -> None:
-        """List the prefix; with `write`, also put a small object under it, read it back and delete it."""
-        self._retry(
-            lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(""), MaxKeys=1),
-            f"listing of {self.location}",
-        )
+        """List the prefix; with `write`, also put a small object under it, read it back and delete it.
+        Reading needs no s3:ListBucket (collect downloads named objects): an AccessDenied on the listing is
+        an answer then, and the downloads say what is missing."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._retry(
+                lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(""), MaxKeys=1),
+                f"listing of {self.location}",
+            )
+        except ClientError as exc:
+            if write or exc.response.get("Error", {}).get("Code") != "AccessDenied":
+                raise
         if not write:
             return
         key = self.key(f".r1ft-preflight-{uuid.uuid4().hex[:12]}")
