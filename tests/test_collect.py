@@ -116,10 +116,11 @@ def test_collect_from_an_unreachable_hub_fails_within_seconds_with_a_clear_messa
 def test_huggingface_hub_warnings_are_logged_once(tmp_path):
     """huggingface_hub's own stderr handler is taken off: its warnings reach the console once, through r1ft's
     handler (and job.log), not twice."""
-    code = (
+    code = (  # in the order of a real command: set-up first, the library's modules imported when used
         "import logging, r1ft.cli\n"
         "from r1ft.machine.logs import setup_console\n"
         "setup_console()\n"
+        "import huggingface_hub.file_download\n"
         "logging.getLogger('huggingface_hub.file_download').warning('a warning from the hub library')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
