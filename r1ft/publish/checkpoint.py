@@ -118,7 +118,8 @@ def fetch_last_checkpoint(
     except Exception as exc:
         raise _lookup_error(f"fetching {CHECKPOINT_DIR}/ from", src, exc, secrets) from exc
     if problem:
-        log.warning("%s/ at %s: %s; not resuming from it", CHECKPOINT_DIR, src.location, problem)
+        level = logging.INFO if problem == "absent" else logging.WARNING  # absent: there is nothing to resume
+        log.log(level, "%s/ at %s: %s; not resuming from it", CHECKPOINT_DIR, src.location, problem)
         shutil.rmtree(partial, ignore_errors=True)
         return None
     (partial / MANIFEST).unlink()
