@@ -23,7 +23,7 @@ from r1ft.machine.logs import setup_console
 from r1ft.pipeline import new_job, run_job
 from r1ft.plan import plan_for, render_plan
 from r1ft.publish.collect import collect
-from r1ft.publish.destination import PublishError
+from r1ft.publish.destination import DestinationDenied, PublishError
 from r1ft.publish.location import LocationError
 from r1ft.records import DataError
 from r1ft.settings import Settings, SettingsError, load_settings
@@ -172,7 +172,7 @@ def cmd_collect(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         collect(args.src, args.dest, settings)
-    except LocationError as e:  # not a location we understand
+    except (LocationError, DestinationDenied) as e:  # not a location we understand, or not ours to read
         print(f"r1ft: {e}", file=sys.stderr)
         return ExitCode.SETTINGS
     except PublishError as e:

@@ -77,8 +77,9 @@ def gguf_run(settings: Settings, run_dir: Path) -> ExitCode:
 
 
 def publish_run_dir(settings: Settings, run_dir: Path) -> ExitCode:
+    """Publish (again) a run directory: the destination and its credentials are today's settings, what
+    shaped the run (its base model, for the manifest and the adapter's config) the run's own."""
     job = load_run(settings, run_dir)
-    job.settings = settings  # the destination and its credentials are today's
     try:
         published = stages.publish_outputs(job)
     except JobError as e:

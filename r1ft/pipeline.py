@@ -1,7 +1,7 @@
 """The job, end to end. Reads like a table of contents: each step is a named function of `r1ft.stages`.
 
-settings -> banner -> plan -> data -> train (under the disk watchdog) -> merge -> evaluate -> GGUF ->
-report -> publish -> stop the instance.
+settings -> banner -> plan -> destination check -> data -> train (under the disk watchdog) -> last
+checkpoint pushed -> merge -> evaluate -> GGUF -> report -> publish -> stop the instance.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def run_job(settings: Settings) -> ExitCode:
     job = new_job(settings)
     try:
         hw, plan = stages.plan_run(job)
+        stages.check_destination(job)  # before any download: a run that cannot be delivered never trains
         with stages.watch_disk(job, plan) as watchdog:
             with distributed.main_process_first():
                 base = stages.fetch_base(job)
@@ -47,6 +48,7 @@ def run_job(settings: Settings) -> ExitCode:
             if not job.main:
                 return ExitCode.OK if trained else stop.exit_code
             if trained:
+                stages.push_final_checkpoint(job)
                 merged = stages.merge_model(job, tokenizer, plan.recipe.quant, plan.stream_merged)
                 # A stop asked for after training skips what is left and publishes what exists at once.
                 if not stop.reason:

@@ -96,7 +96,10 @@ class Settings(BaseSettings):
     )
     hf_private: bool = Field(True, description="create the Hub repo private")
     push_checkpoint_every: int = Field(
-        1, ge=0, description="push last-checkpoint/ to the destination every N saves (0: never)"
+        1,
+        ge=0,
+        description="push last-checkpoint/ to the destination every N saves during training (0: only after "
+        "training and after a stop)",
     )
     num_processes: int = Field(0, ge=0, description="training processes (GPUs); 0: one per visible GPU")
     gguf: str = Field(

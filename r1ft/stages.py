@@ -16,24 +16,29 @@ from r1ft.data import prepare
 from r1ft.evaluation.losses import read_scalars
 from r1ft.evaluation.run import FineTune, evaluate_run
 from r1ft.export import merge
+from r1ft.export.adapter import name_base_by_id
 from r1ft.export.gguf import export_gguf
 from r1ft.files import GB
 from r1ft.job import ExitCode, Job, JobError
 from r1ft.machine import instance
 from r1ft.machine.gpu import Hardware, detect_hardware
 from r1ft.machine.signals import StopFlag
-from r1ft.model.base import fetch_base_model
+from r1ft.model.base import fetch_base_model, hub_origin
 from r1ft.plan import Plan, plan_for, render_plan
+from r1ft.publish import preflight
 from r1ft.publish.connect import destination_for
-from r1ft.publish.destination import Destination, PublishError, PublishResult
+from r1ft.publish.destination import Destination, DestinationDenied, PublishError, PublishResult
 from r1ft.publish.location import output_location
+from r1ft.publish.manifest import CHECKPOINT_DIR
 from r1ft.publish.run import publish_run
 from r1ft.records import DataError
 from r1ft.report.card import write_model_card
 from r1ft.report.schema import (
     DiskRecord,
+    FailedPublish,
     GgufRecord,
     Interruption,
+    LastCheckpointRecord,
     MergeRecord,
     PublishRecord,
     ResumeRecord,
@@ -47,6 +52,7 @@ from r1ft.training import distributed
 from r1ft.training.train import run_training
 
 log = logging.getLogger(__name__)
+PUBLISH_FAILED = "publish failed: "  # how the report's error starts when the publish was what failed
 
 
 # --- plan ---------------------------------------------------------------------------------------------
@@ -59,6 +65,25 @@ def plan_run(job: Job) -> tuple[Hardware, Plan]:
     if not plan.fits:
         raise JobError("the disk plan cannot fit:\n  " + "\n  ".join(plan.problems), ExitCode.DISK)
     return hw, plan
+
+
+def check_destination(job: Job) -> None:
+    """Before the base model download: prove that the destination can be written now, so a run that could
+    not be delivered never trains (`r1ft.publish.preflight`). Exit 2 with the fix when it refuses the
+    credentials or permissions (or is a file, or inside the run directory), 3 when it does not answer within
+    the bound (a few tries, at most a minute)."""
+    if not job.main:  # rank 0 publishes, so rank 0 checks
+        return
+    with job.step("destination"):
+        try:
+            preflight.check_destination(job.settings, job.run_dir, job.run_id)
+        except DestinationDenied as e:
+            raise JobError(f"{e}. Nothing was downloaded or trained.", ExitCode.SETTINGS) from e
+        except PublishError as e:
+            raise JobError(
+                f"{e}. Nothing was downloaded or trained: rerun when the destination answers.",
+                ExitCode.PUBLISH,
+            ) from e
 
 
 @contextlib.contextmanager
@@ -176,10 +201,30 @@ def previous_base(job: Job) -> float | None:
     return earlier.eval_loss_base if earlier else None
 
 
+def push_final_checkpoint(job: Job) -> bool:
+    """After training, before the merge: `last-checkpoint/` ends at the newest checkpoint (a push still in
+    flight is waited for, then the newest is pushed unless it is already there), so an instance lost in a
+    later stage resumes at the end of training. The step it holds goes into the report."""
+    if job.pusher is None:
+        return False
+    pushed = pusher.push_latest(job.pusher)
+    p = job.pusher
+    record = LastCheckpointRecord(location=f"{destination(job).location}/{CHECKPOINT_DIR}",
+                                  step=max(p.pushed_step, 0), newest_step=p.newest_step(), pushed=pushed,
+                                  error=p.last_error)  # fmt: skip
+    job.report.last_checkpoint = record
+    if pushed:
+        log.info("%s holds step %d, the newest checkpoint", record.location, record.step)
+    else:
+        log.warning("%s holds step %d, not the newest (%d): %s", record.location, record.step,
+                    record.newest_step, record.error or "no push")  # fmt: skip
+    return pushed
+
+
 def finish_interrupted(job: Job, stop: StopFlag, watchdog: DiskWatchdog) -> ExitCode:
     """After a signal or a disk stop: the checkpoint is saved; push it, publish what exists, exit."""
     log.warning("training stopped early (%s); the newest checkpoint is saved", stop.reason)
-    pushed = pusher.push_latest(job.pusher) if job.pusher is not None else False
+    pushed = push_final_checkpoint(job)
     step = job.report.training.global_step if job.report.training else 0
     job.report.history.interruptions.append(
         Interruption(reason=stop.reason, step=step, checkpoint_pushed=pushed, at=_now())
@@ -195,7 +240,7 @@ def finish_interrupted(job: Job, stop: StopFlag, watchdog: DiskWatchdog) -> Exit
 def _publish_partial(job: Job) -> None:
     """Publish what exists (logs, report) beside the pushed checkpoint; never raises."""
     try:
-        publish_run(job.settings, job.run_dir, job.run_id, dest=destination(job))
+        _publish(job)
     except Exception as e:
         log.warning("could not publish the partial run (%s); it stays in %s", e, job.run_dir)
 
@@ -336,23 +381,44 @@ def destination(job: Job) -> Destination:
 
 
 def publish_outputs(job: Job) -> PublishResult:
+    """Publish the run, verified against its manifest; exit 3 (outputs kept, retry command given) if not."""
     if job.pusher is not None:
         job.pusher.wait()  # a periodic checkpoint push still in flight finishes first
     with job.step("publish"):
         try:
-            result = publish_run(job.settings, job.run_dir, job.run_id, dest=destination(job))
+            result = _publish(job)
         except PublishError as e:
-            job.report.publish = PublishRecord(verified=False, error=str(e))
-            save_report(job)
-            raise JobError(f"publish failed: {e}", ExitCode.PUBLISH) from e
-    job.report.publish = PublishRecord(
-        location=result.location, verified=result.verified, files=result.files, bytes=result.bytes,
-        message=result.message,
-    )  # fmt: skip
-    save_report(job)
+            raise JobError(f"{PUBLISH_FAILED}{e}", ExitCode.PUBLISH) from e
     for line in summary_lines(job, result.location):
         log.info(line)
     return result
+
+
+def _publish(job: Job) -> PublishResult:
+    """`publish_run`, with the report and card sent carrying this publish's state (`_record_publish`): a
+    later successful publish rewrites the state and clears a failed one's error, here and at the destination.
+    A failure is recorded in the local report (and its history) and raised."""
+    origin = hub_origin(job.settings)
+    if origin is not None:
+        name_base_by_id(job.run_dir / "adapter", *origin)
+    dest = destination(job)
+    try:
+        return publish_run(job.settings, job.run_dir, job.run_id, dest=dest,
+                           record=lambda pending: _record_publish(job, pending))  # fmt: skip
+    except PublishError as e:
+        job.report.publish = PublishRecord(location=dest.location, verified=False, error=str(e))
+        job.report.history.failed_publishes.append(FailedPublish(error=str(e), at=_now()))
+        write_report(job)
+        raise
+
+
+def _record_publish(job: Job, pending: PublishResult) -> None:
+    """report.json and README.md as they go to the destination: saying what this publish achieves."""
+    job.report.publish = PublishRecord(location=pending.location, verified=pending.verified,
+                                       files=pending.files, bytes=pending.bytes, message=pending.message)  # fmt: skip
+    if job.report.error and job.report.error.startswith(PUBLISH_FAILED):
+        job.report.error = None  # the failure stays in the history
+    write_report(job)
 
 
 def end_instance(job: Job, published_ok: bool) -> ExitCode:

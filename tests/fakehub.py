@@ -46,6 +46,8 @@ class FakeHfApi:
         self.fail: dict[str, list[BaseException]] = {}
         self.repos: dict[str, dict[str, Any]] = {}
         self.lfs: dict[str, bytes] = {}  # sha256 hex -> content of pre-uploaded files
+        self.token_valid = True  # False: every authenticated call answers 401
+        self.writable = True  # False: a read-only token (auth_check(write=True) and writes answer 403)
 
     def _call(self, name: str, args: tuple, kwargs: dict[str, Any], **details: Any) -> None:
         """Check the call binds to the real HfApi method, record `details`, then fail if asked to."""
@@ -60,6 +62,27 @@ class FakeHfApi:
 
     def files(self, repo_id: str, revision: str | None = None) -> dict[str, bytes]:
         return self.repos[repo_id]["branches"][revision or "main"]
+
+    def whoami(self, token: Any = None, *, cache: bool = False) -> dict[str, Any]:
+        self._call("whoami", (), {"token": token, "cache": cache})
+        if not self.token_valid:
+            raise http_error(401, url="https://huggingface.co/api/whoami-v2")
+        role = "write" if self.writable else "read"
+        return {"name": "me", "auth": {"type": "access_token", "accessToken": {"role": role}}}
+
+    def auth_check(
+        self, repo_id: str, *, repo_type: str | None = None, write: bool = False, **kw: Any
+    ) -> None:
+        self._call("auth_check", (repo_id,), {"repo_type": repo_type, "write": write, **kw}, write=write)
+        if not self.token_valid:
+            raise http_error(401)
+        if repo_id not in self.repos:
+            response = httpx2.Response(
+                404, request=httpx2.Request("GET", f"https://huggingface.co/{repo_id}")
+            )
+            raise RepositoryNotFoundError(f"404: {repo_id} not found", response=response)
+        if write and not self.writable:
+            raise http_error(403, url=f"https://huggingface.co/api/models/{repo_id}/auth-check/write")
 
     def create_repo(
         self, repo_id: str, *, private: bool | None = None, exist_ok: bool = False, **kw: Any

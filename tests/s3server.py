@@ -1,10 +1,14 @@
 """A real S3-compatible HTTP endpoint on loopback for tests: moto's server mode, behind a small proxy that
-can fail requests on demand (HTTP 500 for the next N uploads, or everything while it is "down")."""
+can fail requests on demand (HTTP 500 for the next N uploads or requests, or everything while it is
+"down") or slow uploads down; with `iam_enforced()`, moto checks every request's credentials and the
+user's policy, as AWS does."""
 
 from __future__ import annotations
 
 import http.client
+import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,12 +36,17 @@ class Faults:
     parts_only: bool = False  # count only UploadPart requests (the middle of a multipart upload)
     down: bool = False  # answer every request with 500
     refuse_checksums: bool = False  # answer 400 to requests with flexible-checksum headers, like old stores
+    fail_requests: int = 0  # answer the next N requests of any kind with 500
+    slow_puts_s: float = 0.0  # wait this long before relaying each PUT (a slow link)
     log: list[tuple[str, str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def should_fail(self, method: str, path: str) -> bool:
         with self.lock:
             if self.down:
+                return True
+            if self.fail_requests > 0:
+                self.fail_requests -= 1
                 return True
             if method != "PUT" or (self.parts_only and "partNumber=" not in path):
                 return False
@@ -60,6 +69,8 @@ def _handler(upstream: tuple[str, int], faults: Faults) -> type[BaseHTTPRequestH
         def _relay(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
+            if faults.slow_puts_s and self.command == "PUT":
+                time.sleep(faults.slow_puts_s)
             if faults.should_fail(self.command, self.path):
                 self._answer(500, {"Content-Type": "application/xml"}, ERROR_BODY)
                 return
@@ -138,3 +149,38 @@ def job_bucket(endpoint: str, output: str = "s3://results/runs/smoke") -> dict[s
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+
+
+@dataclass(frozen=True)
+class Credentials:
+    key_id: str
+    secret: str
+
+
+def iam_user(endpoint: str, name: str, actions: list[str]) -> Credentials:
+    """An IAM user of the test server, allowed `actions` (e.g. ["s3:*"]) on every resource; [] for none."""
+    import boto3
+
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+        region_name="us-east-1",
+    )
+    iam.create_user(UserName=name)
+    if actions:
+        statement = {"Effect": "Allow", "Action": actions, "Resource": "*"}
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+        iam.put_user_policy(UserName=name, PolicyName=f"{name}-policy", PolicyDocument=policy)
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return Credentials(key["AccessKeyId"], key["SecretAccessKey"])
+
+
+@contextmanager
+def iam_enforced() -> Iterator[None]:
+    """While inside: the server (in this process) checks every request's signature and the user's policy."""
+    from moto.core.authorization import enable_iam_authentication
+
+    with enable_iam_authentication():
+        yield

@@ -39,7 +39,9 @@ def publish_by_hand(root: Path, files: dict[str, bytes]) -> Path:
     entries = [
         {"path": rel, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for rel, d in files.items()
     ]
-    (root / "manifest.json").write_text(json.dumps({"format": "r1ft-manifest/1", "files": entries}))
+    manifest = {"format": "r1ft-manifest/1", "files": entries, "total_files": len(entries),
+                "total_bytes": sum(len(d) for d in files.values())}  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
 
@@ -86,3 +88,41 @@ def test_summary_of_a_directory_without_a_report_says_so(tmp_path):
         f"cannot read {tmp_path / 'report.json'}" in result.stderr
         and "a collected r1ft run?" in result.stderr
     )
+
+
+def test_collect_from_an_unreachable_hub_fails_within_seconds_with_a_clear_message(tmp_path):
+    """No network (here: a Hub endpoint where nothing listens): a bounded first contact, not minutes of
+    retries inside retries."""
+    import os
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "R1FT_", "AWS_"))}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_OFFLINE="0")
+    cmd = [sys.executable, "-m", "r1ft", "--env-file", str(tmp_path / "none.env"), "collect", "hf://someone/run",
+           str(tmp_path / "got")]  # fmt: skip
+    t0 = time.monotonic()
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    elapsed = time.monotonic() - t0
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert elapsed < 40, elapsed
+    assert "could not read hf://someone/run" in result.stderr and "check the network" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_huggingface_hub_warnings_are_logged_once(tmp_path):
+    """huggingface_hub's own stderr handler is taken off: its warnings reach the console once, through r1ft's
+    handler (and job.log), not twice."""
+    code = (  # in the order of a real command: set-up first, the library's modules imported when used
+        "import logging, r1ft.cli\n"
+        "from r1ft.machine.logs import setup_console\n"
+        "setup_console()\n"
+        "import huggingface_hub.file_download\n"
+        "logging.getLogger('huggingface_hub.file_download').warning('a warning from the hub library')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("a warning from the hub library") == 1, result.stderr

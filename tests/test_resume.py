@@ -80,15 +80,44 @@ def test_sigterm_then_resume_follows_the_same_trajectory(straight, interrupted, 
     assert resume == {**resume, "source": "local", "step": k, "steps_redone": 0}
 
 
-def test_fresh_work_dir_resumes_from_the_destination(straight, interrupted, tmp_path):
+@pytest.fixture(scope="module")
+def fresh(interrupted, tmp_path_factory):
+    """A new instance after the interrupted run: only its destination survives."""
     src, k = interrupted
-    tmp = tmp_path / "fresh"
-    tmp.mkdir()
-    shutil.copytree(src / "published", tmp / "published")  # a new instance: only the destination survives
+    tmp = tmp_path_factory.mktemp("fresh")
+    shutil.copytree(src / "published", tmp / "published")
     result = run_job(job_env(tmp), tmp)
     assert result.rc == 0, result.output[-3000:]
+    return tmp, k, result
+
+
+def test_fresh_work_dir_resumes_from_the_destination(straight, fresh):
+    tmp, k, result = fresh
     assert f"resuming from the destination's last-checkpoint/ (step {k})" in result.output
     assert_same_trajectory(tmp, straight, k)
+
+
+def test_fresh_instance_publishes_the_whole_runs_logs_and_history(interrupted, fresh):
+    """The first part's TensorBoard file is fetched and published again beside the second part's: the loss
+    curve and "training loss falls" cover every step, and the interruption stays in the history."""
+    from r1ft.evaluation.losses import read_scalars
+
+    src, k = interrupted
+    tmp, _, _ = fresh
+    pub = tmp / "published"
+    first = {p.name for p in (src / "published" / "logs").glob("events.out.tfevents.*")}
+    events = {p.name for p in (pub / "logs").glob("events.out.tfevents.*")}
+    assert len(first) == 1 and first < events and len(events) == 2
+    listed = {f["path"] for f in json.loads((pub / "manifest.json").read_text())["files"]}
+    assert {f"logs/{name}" for name in events} <= listed
+    steps = [step for step, _ in read_scalars(pub / "logs")["train/loss"]]
+    assert steps == list(range(1, STEPS + 1))
+    report = json.loads((pub / "report.json").read_text())
+    assert report["evaluation"]["losses"]["train_points"] == STEPS
+    (interruption,) = report["history"]["interruptions"]
+    assert interruption["reason"] == "SIGTERM" and interruption["step"] == k
+    (resume,) = report["history"]["resumes"]
+    assert resume["source"] == "destination" and resume["step"] == k
 
 
 def test_truncated_checkpoint_file_is_skipped_for_the_previous_one(straight, interrupted, tmp_path):
@@ -148,10 +177,12 @@ def test_s3_down_during_a_push_then_sigterm_and_a_fresh_instance_resumes_from_s3
         s3 = job_bucket(endpoint)
         first = tmp_path / "first"
         first.mkdir()
-        faults.down = True  # the store is down when the first periodic push comes
+        # The store answers the preflight's test write, then refuses every upload: the first periodic push
+        # fails. (A store down from the start stops the job before it trains: tests/test_preflight.py.)
+        faults.fail_after, faults.fail_uploads = 1, 10_000
 
         def recover(proc):
-            faults.down = False
+            faults.fail_uploads = 0
 
         # training goes on through the failed push, the store recovers, a later push succeeds
         first_env = job_env(first, **{**s3, "R1FT_OUTPUT": "s3://results/runs/first"})

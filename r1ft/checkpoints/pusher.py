@@ -1,6 +1,8 @@
 """`last-checkpoint/` at the destination, pushed during training: every R1FT_PUSH_CHECKPOINT_EVERY saves,
 in a background thread; a failed push is logged and retried at the next interval, never stopping
-training."""
+training. A save that comes while a push is still running is not pushed then: `push_latest`, after
+training and after a stop, waits for the push in flight and pushes the newest checkpoint, so that
+`last-checkpoint/` always ends at it."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class CheckpointPusher:
         self.saves = 0
         self.pushed_step = -1
         self.failures = 0
+        self.last_error = ""  # why the latest push failed ('' after a success)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -52,10 +55,17 @@ class CheckpointPusher:
                 push_checkpoint(self.settings, ckpt, run_id=self.run_dir.name, retry=retry)
             except Exception as e:
                 self.failures += 1
+                self.last_error = str(e)
                 log.warning("checkpoint push failed (%s); training goes on, retrying at the next interval", e)
                 return False
             self.pushed_step = checkpoints.step_of(ckpt) or 0
+            self.last_error = ""
             return True
+
+    def newest_step(self) -> int:
+        """The step of the newest complete checkpoint on disk (0: none)."""
+        ckpt = checkpoints.newest_complete(self.run_dir / "checkpoints", deep=False)
+        return (checkpoints.step_of(ckpt) or 0) if ckpt is not None else 0
 
     def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -75,6 +85,8 @@ def pusher_callback(pusher: CheckpointPusher):
 
 
 def push_latest(pusher: CheckpointPusher) -> bool:
-    """Push the newest checkpoint now (after an interruption), waiting for any push in flight."""
+    """Push the newest checkpoint now (after training or an interruption), waiting for any push in flight;
+    whether last-checkpoint/ now holds it (also with R1FT_PUSH_CHECKPOINT_EVERY=0, which only turns off the
+    pushes during training)."""
     pusher.wait()
     return pusher.push_now(retry=DEFAULT_RETRY)

@@ -1,21 +1,29 @@
 """Where a run starts from: the newest complete checkpoint in its own run directory (the run id is
 derived from the settings that shape training and the data, or set with R1FT_RUN_ID, so a directory only
 ever holds one run's checkpoints); else `last-checkpoint/` at the destination when it belongs to the same
-run (a fresh instance after preemption)."""
+run (a fresh instance after preemption), with the run's published logs and report (its history).
+
+"There is no last-checkpoint/" starts the run from scratch; "could not look" (refused, or no answer within
+the bounded retries) stops the job: a silent fresh start would redo, or fork, a run that exists."""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from r1ft.checkpoints import markers as checkpoints
-from r1ft.publish.checkpoint import fetch_last_checkpoint
+from r1ft.job import ExitCode, JobError
+from r1ft.publish.checkpoint import fetch_last_checkpoint, fetch_run_history
+from r1ft.publish.destination import DestinationDenied, PublishError
 from r1ft.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -51,20 +59,32 @@ def find_resume_point(settings: Settings, run_dir: Path, run_id: str | None = No
 
 def _fetch_remote(settings: Settings, run_dir: Path, run_id: str) -> Path | None:
     staging = run_dir / "checkpoints" / ".remote"
-    try:
-        got = fetch_last_checkpoint(settings, staging, run_id=run_id)
-    except Exception as e:  # an unreachable destination must not stop a fresh start
-        log.warning("could not look for last-checkpoint/ at the destination: %s", e)
-        return None
+    got = _looked_up("last-checkpoint/", lambda: fetch_last_checkpoint(settings, staging, run_id=run_id))
     if got is None:
         return None
     if checkpoints.check_complete(got) or marker_run_id(got) != run_id:
         log.warning("the destination's last-checkpoint/ belongs to another run or is incomplete; ignoring it")
         shutil.rmtree(staging, ignore_errors=True)
         return None
+    _looked_up("the run's published logs", lambda: fetch_run_history(settings, run_dir, run_id))
     step = json.loads((got / checkpoints.MARKER).read_text()).get("global_step", 0)
     final = run_dir / "checkpoints" / f"checkpoint-{step}"
     shutil.rmtree(final, ignore_errors=True)
     got.replace(final)
     shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def _looked_up(what: str, lookup: Callable[[], T]) -> T:
+    """`lookup()`; a destination that could not be asked stops the job (exit 2 when it refused the
+    credentials or permissions, 3 when it did not answer within the bounded retries)."""
+    try:
+        return lookup()
+    except DestinationDenied as e:
+        raise JobError(f"could not look for {what} at the destination: {e}", ExitCode.SETTINGS) from e
+    except PublishError as e:
+        raise JobError(
+            f"could not look for {what} at the destination: {e}. Not starting from scratch, which "
+            "could redo or fork this run: rerun once the destination answers (the run resumes from it)",
+            ExitCode.PUBLISH,
+        ) from e

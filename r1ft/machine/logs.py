@@ -30,12 +30,25 @@ def setup_console(level: int = logging.INFO) -> None:
     root.setLevel(level)
     for noisy in ("httpx", "urllib3", "botocore", "boto3", "s3transfer", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _library_handlers_removed()
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "no CPU 4-bit kernels" on CPU-only hosts
     # Deprecation chatter from the libraries about their own internals: nothing a user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\..*")
     logging.captureWarnings(True)
     sys.stderr.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+
+
+def _library_handlers_removed() -> None:
+    """huggingface_hub puts its own stderr handler on its logger when imported, and its records also reach
+    the root handlers: every warning would print twice. Import its logging set-up now (so it cannot come
+    later) and take that handler off: its records go through r1ft's handlers only (console and job.log)."""
+    import huggingface_hub.utils.logging  # noqa: F401  (adds the handler, once, at its import)
+
+    hub = logging.getLogger("huggingface_hub")
+    for handler in list(hub.handlers):
+        hub.removeHandler(handler)
+    hub.propagate = True
 
 
 def attach_file_log(path: Path) -> None:

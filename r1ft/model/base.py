@@ -4,6 +4,7 @@ revision downloaded into the work dir's Hub cache."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from r1ft.downloads import DownloadError, HubItem, snapshot
@@ -14,6 +15,7 @@ from r1ft.settings import Settings
 log = logging.getLogger(__name__)
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt", "*.model"]
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def hub_cache(settings: Settings) -> Path:
@@ -27,6 +29,14 @@ def fetch_base_model(settings: Settings) -> Path:
     if Path(settings.base_model).exists():
         return Path(settings.base_model)
     return download_base_model(settings)
+
+
+def hub_origin(settings: Settings) -> tuple[str, str] | None:
+    """(Hub id, revision) when the base model comes from the Hub (what `fetch_base_model` downloads), None
+    for the embedded tiny model or a local directory."""
+    if settings.is_tiny or Path(settings.base_model).exists() or not HUB_ID.fullmatch(settings.base_model):
+        return None
+    return settings.base_model, settings.base_revision
 
 
 def download_base_model(settings: Settings) -> Path:

@@ -1,5 +1,7 @@
 """The resumable checkpoint at the destination: `last-checkpoint/`, replaced by each push, its own manifest
-written last so that a partial upload is detectable; fetched and verified by a fresh instance."""
+written last so that a partial upload is detectable; fetched and verified by a fresh instance, together
+with the run's published logs and report (its history), so that the resumed run's loss curve and history
+cover the whole run."""
 
 from __future__ import annotations
 
@@ -13,14 +15,24 @@ from r1ft.files import format_bytes
 from r1ft.publish.connect import destination_for
 from r1ft.publish.destination import (
     Destination,
+    DestinationDenied,
     FileEntry,
     PublishError,
     PublishResult,
     RemoteMissing,
     local_problem,
 )
-from r1ft.publish.manifest import CHECKPOINT_DIR, CHECKPOINT_FORMAT, MANIFEST, manifest_data, read_manifest
-from r1ft.publish.retry import DEFAULT_RETRY, RetryPolicy
+from r1ft.publish.manifest import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FORMAT,
+    MANIFEST,
+    REPORT,
+    load_manifest,
+    manifest_data,
+    read_manifest,
+)
+from r1ft.publish.preflight import reach
+from r1ft.publish.retry import DEFAULT_RETRY, REACH_RETRY, RetryPolicy
 from r1ft.publish.run import failure_message
 from r1ft.secrets import redact, secret_values
 from r1ft.settings import Settings
@@ -83,14 +95,20 @@ def fetch_last_checkpoint(
     run_id: str | None = None,
     source: Destination | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
+    first_contact: RetryPolicy = REACH_RETRY,
 ) -> Path | None:
     """Download last-checkpoint/ from the destination into `dest_dir` and verify it against its manifest.
 
-    None when there is none, or when it is incomplete or corrupt (logged). Raises PublishError when the
-    destination cannot be reached after retries.
+    None when there is none, or when it is incomplete or corrupt (logged). "Could not look" is never None:
+    DestinationDenied when the credentials or permissions are refused, another PublishError when the
+    destination does not answer within `first_contact`'s bound, or fails after the retries.
     """
     dest_dir = Path(dest_dir)
-    src = source if source is not None else destination_for(settings, run_id or settings.run_id, retry=retry)
+    run_id = run_id or settings.run_id
+    secrets = secret_values(settings)
+    probe = source if source is not None else destination_for(settings, run_id, retry=first_contact)
+    reach(probe, write=False, secrets=secrets, policy=first_contact)
+    src = source if source is not None else destination_for(settings, run_id, retry=retry)
     partial = dest_dir.with_name(dest_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
@@ -98,10 +116,10 @@ def fetch_last_checkpoint(
     except PublishError:
         raise
     except Exception as exc:
-        cause = redact(f"{type(exc).__name__}: {exc}", secret_values(settings))
-        raise PublishError(f"fetching {CHECKPOINT_DIR}/ from {src.location} failed: {cause}") from exc
+        raise _lookup_error(f"fetching {CHECKPOINT_DIR}/ from", src, exc, secrets) from exc
     if problem:
-        log.warning("%s/ at %s: %s; not resuming from it", CHECKPOINT_DIR, src.location, problem)
+        level = logging.INFO if problem == "absent" else logging.WARNING  # absent: there is nothing to resume
+        log.log(level, "%s/ at %s: %s; not resuming from it", CHECKPOINT_DIR, src.location, problem)
         shutil.rmtree(partial, ignore_errors=True)
         return None
     (partial / MANIFEST).unlink()
@@ -110,6 +128,66 @@ def fetch_last_checkpoint(
     os.replace(partial, dest_dir)
     log.info("fetched %s/ from %s into %s", CHECKPOINT_DIR, src.location, dest_dir)
     return dest_dir
+
+
+def fetch_run_history(
+    settings: Settings,
+    run_dir: Path,
+    run_id: str,
+    *,
+    source: Destination | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> list[str]:
+    """The run's published TensorBoard files (logs/) and report.json, for a fresh instance that resumes from
+    last-checkpoint/: what the run directory lacks is downloaded, verified against the published manifest
+    of the same run (a partial publish at an interruption writes one). The paths fetched; none when nothing
+    of this run is published. Errors as `fetch_last_checkpoint`'s."""
+    src = source if source is not None else destination_for(settings, run_id, retry=retry)
+    staging = run_dir / ".published"
+    shutil.rmtree(staging, ignore_errors=True)
+    fetched = []
+    try:
+        try:
+            src.download(MANIFEST, staging / MANIFEST)
+        except RemoteMissing:
+            return []
+        manifest = load_manifest(staging / MANIFEST)
+        if manifest.run_id != run_id:
+            log.warning("the run published at %s is %r, not %r: its logs are not fetched", src.location,
+                        manifest.run_id, run_id)  # fmt: skip
+            return []
+        for entry in manifest.files:
+            wanted = entry.path.startswith("logs/") or entry.path == REPORT
+            if not wanted or (run_dir / entry.path).exists():
+                continue
+            src.download(entry.path, staging / entry.path)
+            problem = local_problem(staging / entry.path, entry)
+            if problem:
+                raise PublishError(f"{src.location}/{entry.path}: {problem}")
+            (run_dir / entry.path).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / entry.path, run_dir / entry.path)
+            fetched.append(entry.path)
+    except PublishError:
+        raise
+    except Exception as exc:
+        raise _lookup_error(
+            "fetching the run's published logs from", src, exc, secret_values(settings)
+        ) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if fetched:
+        log.info("fetched %d file(s) of the run's earlier part from %s: %s", len(fetched), src.location,
+                 ", ".join(fetched))  # fmt: skip
+    return fetched
+
+
+def _lookup_error(action: str, src: Destination, exc: BaseException, secrets: list[str]) -> PublishError:
+    """The error of a lookup that could not be done: DestinationDenied when it was refused."""
+    cause = redact(f"{type(exc).__name__}: {exc}", secrets)
+    fix = src.denial(exc)
+    if fix:
+        return DestinationDenied(f"{action} {src.location} was refused ({cause}): {fix}")
+    return PublishError(f"{action} {src.location} failed: {cause}")
 
 
 def _download_checkpoint(src: Destination, into: Path) -> str:

@@ -1,5 +1,7 @@
 """Collecting a published run: download it (Hub, S3 or a directory) and verify it byte for byte against
-its manifest."""
+its manifest. The first contact is bounded (`REACH_RETRY` under a deadline: a source that cannot be
+reached fails in seconds, not minutes); the downloads after it get the full retries. A manifest whose
+entries disagree with its own totals is refused."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from r1ft.files import format_bytes
 from r1ft.publish.connect import open_destination
 from r1ft.publish.destination import PublishError, PublishResult, RemoteMissing, local_problem
 from r1ft.publish.manifest import MANIFEST, read_manifest
-from r1ft.publish.retry import DEFAULT_RETRY, RetryPolicy
+from r1ft.publish.preflight import reach
+from r1ft.publish.retry import DEFAULT_RETRY, REACH_RETRY, RetryPolicy
 from r1ft.publish.run import failure_message
 from r1ft.secrets import secret_values
 from r1ft.settings import Settings
@@ -22,13 +25,17 @@ def collect(
     settings: Settings,
     *,
     retry: RetryPolicy = DEFAULT_RETRY,
+    first_contact: RetryPolicy = REACH_RETRY,
     hf_api: Any = None,
     s3: Any = None,
 ) -> PublishResult:
     """Download a published run (Hub, S3 or a directory) into `dest` and verify it byte for byte against its
-    manifest. Files already in `dest` with the right sha256 are kept. Raises PublishError on failure."""
+    manifest. Files already in `dest` with the right sha256 are kept. Raises PublishError on failure
+    (DestinationDenied when the credentials or permissions are refused)."""
     dest = Path(dest)
     secrets = secret_values(settings)
+    probe = open_destination(src, settings, retry=first_contact, hf_api=hf_api, s3=s3)
+    reach(probe, write=False, secrets=secrets, policy=first_contact)
     source = open_destination(src, settings, retry=retry, hf_api=hf_api, s3=s3)
     command = f"r1ft collect {src} {dest}"
     problems: list[str] = []

@@ -17,6 +17,15 @@ class PublishError(Exception):
     """Publishing (or collecting) failed for good; the message says where the outputs are and what to run."""
 
 
+class DestinationDenied(PublishError):
+    """The destination refused the credentials or the permission (a settings problem: the message says
+    what to fix); retrying does not help."""
+
+
+class DestinationUnreachable(PublishError):
+    """The destination did not answer, or kept failing, within a bounded number of tries and time."""
+
+
 class RemoteMissing(Exception):
     """The file does not exist at the destination."""
 
@@ -94,6 +103,17 @@ class Destination(Protocol):
     @property
     def atomic(self) -> bool:
         """Whether `commit` makes all staged files and deletions visible at once."""
+        ...
+
+    def probe(self, write: bool) -> None:
+        """Prove now that the destination answers and, with `write`, that this job can write it (a small
+        object put, read back and deleted, or the backend's equivalent). Raises the library's error;
+        transient ones are retried by the destination's retry policy."""
+        ...
+
+    def denial(self, exc: BaseException) -> str:
+        """For an error from this destination: what to fix when it is a refusal of the credentials or the
+        permissions (no retry can help), else ''."""
         ...
 
 

@@ -4,6 +4,7 @@ tree checked against what was sent."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -34,14 +35,54 @@ def git_blob_oid(path: Path) -> str:
 def hub_transient(exc: BaseException) -> bool:
     """Whether a Hub error is worth retrying: 429, 408, 5xx, dropped connections and timeouts."""
     import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
+    if isinstance(exc, OfflineModeIsEnabled):  # HF_HUB_OFFLINE=1: no retry can help
+        return False
     if isinstance(exc, Mismatch | LocalEntryNotFoundError):  # the latter: a download that lost the network
         return True
     if isinstance(exc, HfHubHTTPError):
         status = getattr(exc.response, "status_code", 0)
         return status >= 500 or status in (408, 429)
     return isinstance(exc, httpx2.TransportError | ConnectionError | TimeoutError)
+
+
+TOKEN_PAGE = "https://huggingface.co/settings/tokens"
+
+
+def hub_denial(exc: BaseException, repo_id: str) -> str:
+    """What to fix when a Hub error refuses the token or its permissions, else ''."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    if isinstance(exc, OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set, so the Hub cannot be reached: unset it, or publish elsewhere"
+    if isinstance(exc, LocalTokenNotFoundError):
+        return f"HF_TOKEN is not set: set it to a token with write access ({TOKEN_PAGE})"
+    if isinstance(exc, GatedRepoError):
+        return f"{repo_id} is gated: accept its terms on https://huggingface.co/{repo_id} with this account"
+    if isinstance(exc, RepositoryNotFoundError):
+        return (
+            f"{repo_id} does not exist, or HF_TOKEN's account cannot see it: check the repo id in R1FT_OUTPUT "
+            "and that HF_TOKEN belongs to an account that may use it"
+        )
+    if not isinstance(exc, HfHubHTTPError):
+        return ""
+    status = getattr(exc.response, "status_code", 0)
+    if status == 401:
+        return f"HF_TOKEN is not a valid token (expired or revoked?): create one with write access at {TOKEN_PAGE}"
+    if status == 403:
+        owner = repo_id.split("/")[0]
+        return (
+            f"HF_TOKEN may not write to {repo_id}: use a token with write access to {owner!r} (a fine-grained "
+            f"token needs write permission on this repo or namespace; {TOKEN_PAGE})"
+        )
+    return ""
 
 
 class HubDestination:
@@ -99,6 +140,29 @@ class HubDestination:
                 f"create_branch {self.revision}",
             )
         self._repo_ready = True
+
+    def probe(self, write: bool) -> None:
+        """Reading: the Hub answers and accepts the token (a repo that does not exist, or that the token
+        cannot see, reads as empty: its files are then missing). Writing: the token is valid, the repo (and
+        branch) exists or is created now, and the Hub says the token may write it (no commit is made)."""
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        if not write:
+            with contextlib.suppress(RepositoryNotFoundError):
+                self._retry(
+                    lambda: self.api.auth_check(self.repo_id, repo_type="model"),
+                    f"access check of {self.location}",
+                )
+            return
+        self._retry(lambda: self.api.whoami(), "token check (whoami)")
+        self.ensure_repo()
+        self._retry(
+            lambda: self.api.auth_check(self.repo_id, repo_type="model", write=True),
+            f"write check of {self.location}",
+        )
+
+    def denial(self, exc: BaseException) -> str:
+        return hub_denial(exc, self.repo_id)
 
     def stage_file(self, local: Path, remote: str, delete_after: bool = False) -> FileEntry:
         from huggingface_hub import CommitOperationAdd

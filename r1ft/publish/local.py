@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from r1ft.publish.destination import FileEntry, PublishError, RemoteMissing, local_problem
@@ -69,6 +71,35 @@ class LocalDestination:
             if problem:
                 problems.append(f"{entry.path}: {problem}")
         return problems
+
+    def probe(self, write: bool) -> None:
+        """The root is a directory (or can be created); with `write`, a small file is written, read back and
+        deleted in it."""
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(self.root))
+        if not write:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = self.root / f".r1ft-preflight-{uuid.uuid4().hex[:12]}"
+        body = f"r1ft preflight {probe.name}\n".encode()
+        try:
+            probe.write_bytes(body)
+            if probe.read_bytes() != body:
+                raise PublishError(
+                    f"{probe} reads back differently from what was written; the disk may be failing"
+                )
+        finally:
+            probe.unlink(missing_ok=True)
+
+    def denial(self, exc: BaseException) -> str:
+        if isinstance(exc, NotADirectoryError | FileExistsError):
+            return (
+                f"{exc.filename or self.root} is a file, not a directory: point R1FT_OUTPUT at a directory "
+                "(it is created when missing)"
+            )
+        if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno == errno.EROFS):
+            return f"{self.root} cannot be written ({exc.strerror}): choose a directory this user may write"
+        return ""
 
     def download(self, remote: str, local: Path) -> None:
         source = self.root / remote

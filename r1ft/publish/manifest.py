@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ from typing import Any
 from r1ft.publish.destination import FileEntry, PublishError, safe_relpath
 
 LAYOUT_DIRS = ("adapter", "merged", "logs", "eval", "gguf")
-LAYOUT_FILES = ("report.json", "README.md")
+REPORT = "report.json"
+CARD = "README.md"
+LAYOUT_FILES = (REPORT, CARD)  # written last before the manifest: they carry the publish's own state
 MANIFEST = "manifest.json"
 CHECKPOINT_DIR = "last-checkpoint"
 MANIFEST_FORMAT = "r1ft-manifest/1"
@@ -49,10 +52,47 @@ def manifest_data(
     }
 
 
-def read_manifest(path: Path) -> list[FileEntry]:
-    """The entries of a manifest file (paths checked to stay inside the destination)."""
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest as read back: its entries (checked against its own totals) and the run it belongs to."""
+
+    files: list[FileEntry]
+    run_id: str = ""
+
+
+def load_manifest(path: Path) -> Manifest:
+    """The manifest at `path`. Refused (PublishError) when it is not one, when a path would escape the
+    destination, when a path is listed twice, or when its entries disagree with its own `total_files` and
+    `total_bytes` (an entry removed or added by hand, a truncated file)."""
     try:
         data = json.loads(path.read_text())
-        return [FileEntry(safe_relpath(f["path"]), int(f["size"]), str(f["sha256"])) for f in data["files"]]
+        files = [FileEntry(safe_relpath(f["path"]), int(f["size"]), str(f["sha256"])) for f in data["files"]]
+        missing = [k for k in ("total_files", "total_bytes") if k not in data]
+        if missing:
+            raise KeyError(f"no {' or '.join(missing)}: it cannot say whether entries are missing")
+        total_files, total_bytes = int(data["total_files"]), int(data["total_bytes"])
+        run_id = str(data.get("run_id", ""))
     except (ValueError, KeyError, TypeError) as e:
-        raise PublishError(f"{path} is not a valid r1ft manifest ({e})") from e
+        raise PublishError(f"{path} is not a valid r1ft manifest ({type(e).__name__}: {e})") from e
+    problems = []
+    paths = [f.path for f in files]
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    if twice:
+        problems.append(f"lists {', '.join(twice)} more than once")
+    if len(files) != total_files:
+        problems.append(f"lists {len(files)} files but its total_files says {total_files}")
+    if sum(f.size for f in files) != total_bytes:
+        problems.append(
+            f"its files add up to {sum(f.size for f in files)} bytes but total_bytes says {total_bytes}"
+        )
+    if problems:
+        raise PublishError(
+            f"{path.name} {'; '.join(problems)}: entries are missing or extra (edited or damaged), so it cannot "
+            "vouch for the files. Publish the run again (r1ft publish --run-dir DIR)"
+        )
+    return Manifest(files, run_id)
+
+
+def read_manifest(path: Path) -> list[FileEntry]:
+    """The entries of a manifest file, checked as `load_manifest` does."""
+    return load_manifest(path).files

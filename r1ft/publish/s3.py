@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import re
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,50 @@ def _s3_missing(exc: BaseException) -> bool:
     from botocore.exceptions import ClientError
 
     return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey")
+
+
+# Refusals of the credentials or permissions (never worth a retry), by the store's error code.
+_KEY_FIX = (
+    "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for R2, MinIO, Backblaze...)"
+)
+_ACCESS_FIX = (
+    "grant these credentials s3:ListBucket on the bucket and s3:PutObject, s3:GetObject and s3:DeleteObject "
+    "under the prefix, or use credentials that have them"
+)
+_DENIALS = {
+    "NoSuchBucket": "the bucket does not exist: create it, or fix the bucket name in R1FT_OUTPUT",
+    "InvalidAccessKeyId": f"the store does not know this access key id: {_KEY_FIX}",
+    "SignatureDoesNotMatch": f"AWS_SECRET_ACCESS_KEY is not the secret of AWS_ACCESS_KEY_ID: {_KEY_FIX}",
+    "InvalidToken": "AWS_SESSION_TOKEN is not valid: renew the temporary credentials (or unset it)",
+    "ExpiredToken": "AWS_SESSION_TOKEN has expired: renew the temporary credentials",
+    "TokenRefreshRequired": "AWS_SESSION_TOKEN has expired: renew the temporary credentials",
+    "AuthorizationHeaderMalformed": "the bucket lives in another region: set AWS_DEFAULT_REGION to it",
+    "PermanentRedirect": "the bucket lives in another region or endpoint: set AWS_DEFAULT_REGION (or "
+    "AWS_ENDPOINT_URL) to it",
+    "AccessDenied": _ACCESS_FIX,
+    "AllAccessDisabled": _ACCESS_FIX,
+    "AccountProblem": "the store refuses this account: check it with the provider",
+}
+
+
+def s3_denial(exc: BaseException) -> str:
+    """What to fix when an S3 error refuses the credentials or permissions, else ''."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return f"no usable credentials: {_KEY_FIX}"
+    if isinstance(exc, S3UploadFailedError):
+        exc = exc.__cause__ or exc.__context__ or exc
+    if not isinstance(exc, ClientError):
+        return ""
+    code = exc.response.get("Error", {}).get("Code", "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if code in _DENIALS:
+        return _DENIALS[code]
+    if status in (401, 403):  # a HEAD request carries no error code
+        return f"the store refused the request (HTTP {status}): {_KEY_FIX}; and {_ACCESS_FIX}"
+    return ""
 
 
 def _checksum_refused(exc: BaseException) -> bool:
@@ -224,6 +269,37 @@ class S3Destination:
             if problem:
                 problems.append(f"{entry.path}: {problem}")
         return problems
+
+    def probe(self, write: bool) -> None:
+        """List the prefix; with `write`, also put a small object under it, read it back and delete it.
+        Reading needs no s3:ListBucket (collect downloads named objects): an AccessDenied on the listing is
+        an answer then, and the downloads say what is missing."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._retry(
+                lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(""), MaxKeys=1),
+                f"listing of {self.location}",
+            )
+        except ClientError as exc:
+            if write or exc.response.get("Error", {}).get("Code") != "AccessDenied":
+                raise
+        if not write:
+            return
+        key = self.key(f".r1ft-preflight-{uuid.uuid4().hex[:12]}")
+        body = f"r1ft preflight {key}\n".encode()
+
+        def round_trip() -> None:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+            got = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            if got != body:
+                raise Mismatch(f"s3://{self.bucket}/{key} read back differs from what was written")
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+        self._retry(round_trip, f"test write under {self.location}")
+
+    def denial(self, exc: BaseException) -> str:
+        return s3_denial(exc)
 
     def download(self, remote: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ from r1ft.chat import MATH_INSTRUCTION
 from r1ft.data.stats import DataStats
 from r1ft.evaluation.results import EvaluationRecord
 from r1ft.files import format_bytes
-from r1ft.publish.location import Location, output_location
+from r1ft.publish.location import Location, LocationError, output_location, parse_location
 from r1ft.report.schema import GgufRecord, MergeRecord, RunReport
 from r1ft.settings import BASE_MODEL_ID
 
@@ -175,6 +176,19 @@ def _metrics(report: RunReport) -> str:
     return "| metric | value |\n|---|---|\n" + "\n".join(rows)
 
 
+def _publication(report: RunReport) -> str:
+    """Where this run was published and whether that publish was verified (the report's publish state)."""
+    p = report.publish
+    if p is None:
+        return "Not published yet."
+    if p.verified:
+        return (
+            f"Published to `{p.location}`: {p.files} files ({format_bytes(p.bytes)}), verified against "
+            "`manifest.json` (every file's size and sha256)."
+        )
+    return f"The last publish to `{p.location or '?'}` failed and was not verified: {p.error or '?'}"
+
+
 def _usage(where: Location) -> str:
     fetch, repo = "", repo_hint(where)
     if where.kind == "s3":
@@ -217,7 +231,9 @@ def model_card(report: RunReport, where: Location) -> str:
         "Layout: `adapter/` (LoRA adapter + tokenizer), `merged/` (bf16 merged model), `logs/` (TensorBoard), "
         "`eval/` (evaluation outputs, loss curves), `gguf/` (if exported), `report.json`, `manifest.json` "
         "(every file with its size and sha256, written last).\n",
-        "## Recipe\n",
+        "## Publication\n",
+        _publication(report),
+        "\n## Recipe\n",
         _recipe(report),
         "\n## Training metrics\n",
         _metrics(report),
@@ -243,9 +259,12 @@ def repo_hint(location: Location) -> str:
 
 
 def write_model_card(run_dir: Path, report: RunReport) -> Path:
-    """README.md in the run directory, for the run's destination."""
+    """README.md in the run directory, for where the run is published (the run's R1FT_OUTPUT until then)."""
     path = run_dir / "README.md"
     where = output_location(str(report.settings.get("output", "")), report.run_id or run_dir.name)
+    if report.publish is not None and report.publish.location:
+        with contextlib.suppress(LocationError):  # an older report's location string: keep the run's output
+            where = parse_location(report.publish.location)
     path.write_text(model_card(report, where))
     return path
 

@@ -52,11 +52,19 @@ class Resumption(Section):
     at: str = ""
 
 
+class FailedPublish(Section):
+    """A publish that failed; a later one that succeeds clears the report's error, not this entry."""
+
+    error: str
+    at: str = ""
+
+
 class History(Section):
-    """What happened to the run across processes: each interruption and each resume."""
+    """What happened to the run across processes: each interruption, each resume, each failed publish."""
 
     interruptions: list[Interruption] = Field(default_factory=list)
     resumes: list[Resumption] = Field(default_factory=list)
+    failed_publishes: list[FailedPublish] = Field(default_factory=list)
 
 
 class TrainingRecord(Section):
@@ -66,6 +74,16 @@ class TrainingRecord(Section):
     metrics: dict[str, Any] = Field(default_factory=dict)  # the Trainer's own metric names
     interrupted: str = ""
     resumed_from: str = ""
+
+
+class LastCheckpointRecord(Section):
+    """`last-checkpoint/` at the destination after training (or after a stop): the step it holds."""
+
+    location: str = ""
+    step: int = 0  # the newest step pushed (0: none)
+    newest_step: int = 0  # the newest complete checkpoint on disk: equal to `step` unless the push failed
+    pushed: bool = False
+    error: str = ""
 
 
 class DiskRecord(Section):
@@ -98,6 +116,10 @@ class GgufRecord(Section):
 
 
 class PublishRecord(Section):
+    """The publish this report went out with. At the destination it says what that publish achieved: the
+    report is written just before it is sent, and the manifest is withdrawn if the verification then fails.
+    `files` counts every file the manifest lists plus the manifest; `bytes` is the manifest's total_bytes."""
+
     location: str = ""
     verified: bool = False
     files: int = 0
@@ -117,6 +139,7 @@ class RunReport(Section):
     resume: ResumeRecord | None = None
     history: History = Field(default_factory=History)
     training: TrainingRecord | None = None
+    last_checkpoint: LastCheckpointRecord | None = None
     merge: MergeRecord | None = None
     evaluation: EvaluationRecord | None = None
     gguf: list[GgufRecord] = Field(default_factory=list)
