@@ -39,3 +39,16 @@ def test_the_card_names_base_precision_optimizer_and_the_mix(tmp_path, tiny_toke
         RunReport(settings=bf16.public_dict(), recipe=make_recipe(bf16, H100, 1, base_config())), WHERE
     )
     assert "| base weights in training | bf16 |" in card and "| optimizer | adamw_torch |" in card
+
+
+def test_the_card_says_when_last_checkpoint_is_behind():
+    from r1ft.report.schema import LastCheckpointRecord
+
+    stale = LastCheckpointRecord(location="s3://b/r/last-checkpoint", step=4, newest_step=12, pushed=False,
+                                 error="endpoint unreachable")  # fmt: skip
+    card = model_card(RunReport(last_checkpoint=stale), WHERE)
+    assert "`s3://b/r/last-checkpoint` holds step 4, not the newest (step 12): endpoint unreachable." in card
+    none = stale.model_copy(update={"step": 0, "error": ""})
+    assert "holds no checkpoint, not the newest (step 12): not pushed." in model_card(
+        RunReport(last_checkpoint=none), WHERE
+    )

@@ -56,6 +56,8 @@ def test_last_checkpoint_ends_at_the_final_step_and_the_report_says_so(s3_run):
     assert report["last_checkpoint"] == {**report["last_checkpoint"], "step": 12, "newest_step": 12,
                                          "pushed": True}  # fmt: skip
     assert report["last_checkpoint"]["location"] == "s3://results/runs/smoke/last-checkpoint"
+    card = objects["runs/smoke/README.md"].decode()
+    assert "`s3://results/runs/smoke/last-checkpoint` holds step 12, the newest checkpoint." in card
 
 
 def test_the_published_report_and_card_say_verified(s3_run):

@@ -178,15 +178,28 @@ def _metrics(report: RunReport) -> str:
 
 def _publication(report: RunReport) -> str:
     """Where this run was published and whether that publish was verified (the report's publish state)."""
-    p = report.publish
+    p, text = report.publish, ""
     if p is None:
-        return "Not published yet."
-    if p.verified:
-        return (
+        text = "Not published yet."
+    elif p.verified:
+        text = (
             f"Published to `{p.location}`: {p.files} files ({format_bytes(p.bytes)}), verified against "
             "`manifest.json` (every file's size and sha256)."
         )
-    return f"The last publish to `{p.location or '?'}` failed and was not verified: {p.error or '?'}"
+    else:
+        text = f"The last publish to `{p.location or '?'}` failed and was not verified: {p.error or '?'}"
+    return text + _last_checkpoint(report)
+
+
+def _last_checkpoint(report: RunReport) -> str:
+    """What `last-checkpoint/` (the resume point of a lost instance) holds, when training pushed one."""
+    c = report.last_checkpoint
+    if c is None or not c.location:
+        return ""
+    if c.pushed or (c.step and c.step == c.newest_step):
+        return f" `{c.location}` holds step {c.step}, the newest checkpoint."
+    held = f"step {c.step}" if c.step else "no checkpoint"
+    return f" `{c.location}` holds {held}, not the newest (step {c.newest_step}): {c.error or 'not pushed'}."
 
 
 def _usage(where: Location) -> str:
