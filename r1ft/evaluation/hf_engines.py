@@ -63,13 +63,8 @@ class HFGenerate:
     """`model.generate` in batches of `batch_size` (see the module docstring)."""
 
     def __init__(self, model, eos_id: int | None, pad_id: int, batch_size: int, static: bool = False):
-        self.model, self.eos, self.pad, self.batch_size, self.static = (
-            model,
-            eos_id,
-            pad_id,
-            batch_size,
-            static,
-        )
+        self.model, self.eos, self.pad = model, eos_id, pad_id
+        self.batch_size, self.static = batch_size, static
         self.stats = HFStats()
 
     def generate(
