@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r1ft.chat import IGNORE_INDEX, completion_text, prompt_text
 from r1ft.data.sources import SOURCES
 from r1ft.records import DataError
+
+if TYPE_CHECKING:
+    from r1ft.machine.signals import StopFlag
 
 TOKENIZE_CHUNK = 2048
 
@@ -59,10 +62,15 @@ def is_eval(key: str, fraction: float) -> bool:
     return _unit_hash("split", key) < fraction
 
 
-def tokenize_examples(tokenizer, examples: list[dict]) -> list[dict[str, list[int]]]:
-    """`chat.tokenize_example` for many examples, in batched fast-tokenizer calls (the same ids)."""
+def tokenize_examples(
+    tokenizer, examples: list[dict], stop: StopFlag | None = None
+) -> list[dict[str, list[int]]]:
+    """`chat.tokenize_example` for many examples, in batched fast-tokenizer calls (the same ids); a stop is
+    honoured between chunks."""
     out = []
     for i in range(0, len(examples), TOKENIZE_CHUNK):
+        if stop is not None:
+            stop.check()
         chunk = examples[i : i + TOKENIZE_CHUNK]
         prompts = [prompt_text(tokenizer, ex["problem"]) for ex in chunk]
         completions = [completion_text(ex["reasoning"], ex["answer"], tokenizer.eos_token) for ex in chunk]
@@ -96,7 +104,9 @@ def fit_length(tokens: dict[str, list[int]], max_len: int, policy: str) -> tuple
     return cut, "truncated"
 
 
-def draw(examples: list[dict], want: int, settings, tokenizer) -> tuple[list[tuple[dict, dict]], Counter]:
+def draw(
+    examples: list[dict], want: int, settings, tokenizer, stop: StopFlag | None = None
+) -> tuple[list[tuple[dict, dict]], Counter]:
     """Up to `want` examples (0: all) that fit the length policy, ranked by a hash of (seed, problem);
     examples that do not fit are replaced by the next ones. Returns (example, tokens) pairs and counts."""
     ranked = sorted(examples, key=lambda ex: _unit_hash(settings.seed, "draw", ex["key"]))
@@ -104,7 +114,7 @@ def draw(examples: list[dict], want: int, settings, tokenizer) -> tuple[list[tup
     kept, counts, pos = [], Counter(), 0
     while len(kept) < want and pos < len(ranked):
         batch = ranked[pos : pos + max(want - len(kept), 256)]
-        for ex, tokens in zip(batch, tokenize_examples(tokenizer, batch), strict=True):
+        for ex, tokens in zip(batch, tokenize_examples(tokenizer, batch, stop), strict=True):
             pos += 1
             fitted, what = fit_length(tokens, settings.max_seq_len, settings.length_policy)
             counts[what] += 1
@@ -122,7 +132,7 @@ def source_of(ex: dict) -> str:
 
 
 def draw_and_split(
-    pool: list[dict], settings, tokenizer
+    pool: list[dict], settings, tokenizer, stop: StopFlag | None = None
 ) -> tuple[list[tuple], list[tuple], dict[str, Counter]]:
     """Each source's draw (MathCodeInstruct: `mathcodeinstruct_samples`; SciBench: all), tokenized under
     the length policy, split by problem hash; eval ordered by that hash. Returns (train, eval, counts)."""
@@ -130,7 +140,7 @@ def draw_and_split(
     for name in SOURCES:
         mine = [ex for ex in pool if source_of(ex) == name]
         want = settings.mathcodeinstruct_samples if name == "mathcodeinstruct" else 0
-        drawn, lengths[name] = draw(mine, want, settings, tokenizer)
+        drawn, lengths[name] = draw(mine, want, settings, tokenizer, stop)
         for pair in drawn:
             (held if is_eval(pair[0]["key"], settings.eval_fraction) else train).append(pair)
     train, held = ensure_both_splits(train, held)
