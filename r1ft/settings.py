@@ -130,13 +130,23 @@ class Settings(BaseSettings):
     epochs: float = Field(3.0, gt=0, description="training epochs (ignored when R1FT_MAX_STEPS is set)")
     max_steps: int = Field(0, ge=0, description="optimizer steps; overrides epochs when > 0")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="peak learning rate")
-    lr_scheduler: str = Field("cosine", description="transformers scheduler name")
+    lr_scheduler: str = Field(
+        "cosine", description="transformers scheduler: linear, cosine, constant, constant_with_warmup, ..."
+    )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="warm-up as a fraction of the steps")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    global_batch: int = Field(16, gt=0, description="sequences per optimizer step, all GPUs together")
-    batch_size: int = Field(0, ge=0, description="per-device micro-batch (0: derived from global batch)")
-    grad_accum: int = Field(0, ge=0, description="gradient accumulation steps (0: derived from global batch)")
-    max_seq_len: int = Field(2048, ge=64, description="longest training sequence in tokens")
+    global_batch: int = Field(
+        16, gt=0, description="sequences per optimizer step, all GPUs together (always exactly this many)"
+    )
+    batch_size: int = Field(
+        0, ge=0, description="per-device micro-batch (0: derived); must divide the global batch per GPU"
+    )
+    grad_accum: int = Field(
+        0, ge=0, description="gradient accumulation steps (0: derived); must divide the global batch per GPU"
+    )
+    max_seq_len: int = Field(
+        2048, ge=64, description="longest training sequence in tokens (at most the model's context)"
+    )
     lora_r: int = Field(16, gt=0, description="LoRA rank")
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
@@ -160,7 +170,11 @@ class Settings(BaseSettings):
         "about 2 min of compilation first)",
     )
     seed: int = Field(42, description="seed for data order, split and initialisation")
-    save_steps: int = Field(200, gt=0, description="save a checkpoint every N optimizer steps")
+    save_steps: int = Field(
+        200,
+        gt=0,
+        description="save a checkpoint every N optimizer steps (resume points; also saved at a stop)",
+    )
     save_total_limit: int = Field(3, gt=0, description="checkpoints kept on disk")
     logging_steps: int = Field(10, gt=0, description="log every N optimizer steps")
     eval_steps: int = Field(200, gt=0, description="evaluate eval loss every N optimizer steps")
@@ -204,7 +218,9 @@ class Settings(BaseSettings):
     )
     eval_scibench_samples: int = Field(200, ge=0, description="SciBench test problems scored (0: skip)")
     eval_max_new_tokens: int = Field(2048, gt=0, description="generation length for scoring")
-    eval_batch_size: int = Field(64, gt=0, description="generation batch size")
+    eval_batch_size: int = Field(
+        64, gt=0, description="generation batch size (the plan checks it fits the GPU with its KV cache)"
+    )
     eval_time_budget_s: int = Field(1200, gt=0, description="time budget for the generation evaluation")
 
     # --- secrets and the platform's variables (standard names, no prefix) --------------------------

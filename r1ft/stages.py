@@ -49,11 +49,15 @@ log = logging.getLogger(__name__)
 
 # --- plan ---------------------------------------------------------------------------------------------
 def plan_run(job: Job) -> tuple[Hardware, Plan]:
-    """Hardware, then the recipe and the disk/VRAM/time plan; exit 4 before any download when it cannot fit."""
+    """Hardware, then the recipe and the disk/VRAM/time plan; before any download, exit 2 when this hardware
+    cannot run the settings (batch arithmetic, memory) and exit 4 when the disk plan cannot fit."""
     hw = detect_hardware()
     plan = plan_for(job.settings, hw, distributed.num_processes())
     log.info(render_plan(plan, hw.gpu_name))
     job.report.plan, job.report.recipe = plan, plan.recipe
+    if plan.settings_problems:
+        raise JobError("these settings cannot run here:\n  " + "\n  ".join(plan.settings_problems),
+                       ExitCode.SETTINGS)  # fmt: skip
     if not plan.fits:
         raise JobError("the disk plan cannot fit:\n  " + "\n  ".join(plan.problems), ExitCode.DISK)
     return hw, plan
@@ -114,6 +118,12 @@ def prepare_data(job: Job, tokenizer) -> prepare.PreparedData:
             raise JobError(str(e), ExitCode.SETTINGS) from e
     job.report.data = prepared.stats
     log.info("data: %d train / %d eval examples", len(prepared.train), len(prepared.eval))
+    if len(prepared.train) < job.settings.global_batch:  # every step would be one smaller batch than asked
+        raise JobError(
+            f"R1FT_GLOBAL_BATCH={job.settings.global_batch} is more than the {len(prepared.train)} training rows: "
+            f"set R1FT_GLOBAL_BATCH to at most {len(prepared.train)} (or add data)",
+            ExitCode.SETTINGS,
+        )
     return prepared
 
 
