@@ -165,6 +165,9 @@ def train_adapter(
     result.interrupted = stop.reason
     job.report.training = TrainingRecord(
         global_step=result.global_step,
+        max_steps=result.max_steps,
+        epoch=result.epoch,
+        epochs=result.epochs,
         loss_by_step={h["step"]: h["loss"] for h in result.log_history if "loss" in h and "step" in h},
         metrics=result.metrics,
         interrupted=stop.reason,

@@ -46,8 +46,8 @@ def _recipe(report: RunReport) -> str:
             f"r={s.get('lora_r')}, alpha={s.get('lora_alpha')}, dropout={s.get('lora_dropout')}, "
             f"targets {s.get('lora_targets')}",
         ),
-        ("optimizer steps", str(report.training.global_step if report.training else "?")),
-        ("epochs / max steps", f"{s.get('epochs')} / {s.get('max_steps') or '-'}"),
+        ("optimizer steps", _steps(report)),
+        ("epochs", _epochs(report)),
         (
             "learning rate",
             f"{s.get('learning_rate')} ({s.get('lr_scheduler')}, warm-up {s.get('warmup_ratio')})",
@@ -64,6 +64,23 @@ def _recipe(report: RunReport) -> str:
         )
     rows += [("max sequence length", str(s.get("max_seq_len"))), ("seed", str(s.get("seed")))]
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def _steps(report: RunReport) -> str:
+    """Steps trained of the steps planned, and why training stopped early if it did."""
+    t = report.training
+    if t is None:
+        return "?"
+    text = f"{t.global_step} of {t.max_steps}" if t.max_steps else str(t.global_step)
+    return text + (f" (stopped early: {t.interrupted})" if t.interrupted else "")
+
+
+def _epochs(report: RunReport) -> str:
+    """Epochs trained of the epochs planned (R1FT_MAX_STEPS, when set, decides how many that is)."""
+    t, s = report.training, report.settings
+    if t is None or t.epoch is None:
+        return f"{s.get('epochs')} / max steps {s.get('max_steps') or '-'}"
+    return f"{t.epoch:g} of {t.epochs:g}" if t.epochs else f"{t.epoch:g}"
 
 
 def _data(stats: DataStats | None) -> str:
@@ -103,7 +120,7 @@ def _metrics(report: RunReport) -> str:
         "eval_loss": "final eval loss",
         "train_runtime": "training time (s)",
         "train_samples_per_second": "sequences per second",
-        "epoch": "epochs",
+        "epoch": "epochs trained",
     }
     rows = [
         f"| {label} | {m[key]:.4g} |" for key, label in wanted.items() if isinstance(m.get(key), int | float)
