@@ -138,7 +138,7 @@ def cmd_plan(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
 
-    job = new_job(settings)
+    job = new_job(settings, command="r1ft data")
     try:
         tokenizer = load_tokenizer(fetch_base(job))
         prepared = prepare_data(settings, tokenizer, job.run_dir)

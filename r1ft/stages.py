@@ -17,7 +17,7 @@ from r1ft.evaluation.losses import read_scalars
 from r1ft.evaluation.run import evaluate_run
 from r1ft.export import merge
 from r1ft.export.gguf import export_gguf
-from r1ft.files import GB
+from r1ft.files import GB, format_bytes, free_bytes
 from r1ft.job import ExitCode, Job, JobError
 from r1ft.machine import instance
 from r1ft.machine.gpu import Hardware, detect_hardware
@@ -28,6 +28,7 @@ from r1ft.publish.connect import destination_for
 from r1ft.publish.destination import Destination, PublishError, PublishResult
 from r1ft.publish.location import output_location
 from r1ft.publish.run import publish_run
+from r1ft.recipe import Recipe
 from r1ft.records import DataError
 from r1ft.report.card import write_model_card
 from r1ft.report.schema import (
@@ -113,7 +114,7 @@ def load_tokenizer(base: Path):
 def prepare_data(job: Job, tokenizer) -> prepare.PreparedData:
     with job.step("data"):
         try:
-            prepared = prepare.prepare_data(job.settings, tokenizer, job.run_dir)
+            prepared = prepare.prepare_data(job.settings, tokenizer, job.run_dir, stop=job.stop)
         except DataError as e:  # before any GPU work: the message says what to fix
             raise JobError(str(e), ExitCode.SETTINGS) from e
     job.report.data = prepared.stats
@@ -128,6 +129,33 @@ def prepare_data(job: Job, tokenizer) -> prepare.PreparedData:
 
 
 # --- training -----------------------------------------------------------------------------------------
+def check_resume_identity(job: Job, recipe: Recipe, ckpt: Path | None = None) -> None:
+    """Refuse (exit 2, the run left as it is) to resume a checkpoint trained with other settings; by default
+    the run directory's newest complete checkpoint, checked before any download."""
+    ckpt = ckpt or markers.newest_complete(job.run_dir / "checkpoints", deep=False)
+    if ckpt is None:
+        return
+    recorded = resume.marker_identity(ckpt)
+    if recorded is None:
+        log.warning("%s records no training settings (an older r1ft wrote it): resuming unchecked", ckpt.name)
+        return
+    differences = resume.identity_differences(recorded, identity(job, recipe))
+    if differences:
+        raise JobError(
+            f"refusing to resume run {job.run_id} from {ckpt.name}: it was trained with other settings:\n  - "
+            + "\n  - ".join(differences)
+            + f"\nUse a new R1FT_RUN_ID to start a new run with these settings, or restore the settings above to "
+            f"resume this one (its checkpoints are in {ckpt.parent})",
+            ExitCode.SETTINGS,
+            leave_run=True,
+        )
+
+
+def identity(job: Job, recipe: Recipe) -> dict:
+    """This job's training identity, written beside each checkpoint (`r1ft.checkpoints.resume`)."""
+    return resume.training_identity(job.settings, recipe, prepare.data_fingerprint(job.settings))
+
+
 def train_adapter(
     job: Job, tokenizer, prepared: prepare.PreparedData, hw: Hardware, plan: Plan, watchdog, stop: StopFlag
 ):
@@ -136,6 +164,8 @@ def train_adapter(
     s = job.settings
     with distributed.main_process_first():  # rank 0 may fetch last-checkpoint/ for everyone
         start = resume.find_resume_point(s, job.run_dir, job.run_id)
+    if start.checkpoint is not None:  # a checkpoint fetched from the destination is checked here
+        check_resume_identity(job, plan.recipe, start.checkpoint)
     if job.main:
         job.report.resume = ResumeRecord(
             checkpoint=str(start.checkpoint or ""), source=start.source, step=start.step
@@ -143,7 +173,7 @@ def train_adapter(
         _record_resume(job, start)
     job.pusher = pusher.CheckpointPusher(s, job.run_dir, s.push_checkpoint_every)
     callbacks = [
-        markers.completion_callback({"run_id": job.run_id}),
+        markers.completion_callback({"run_id": job.run_id, "identity": identity(job, plan.recipe)}),
         trainer_callback(watchdog, stop),
         pusher.pusher_callback(job.pusher),
         distributed.stop_agreement_callback(stop),  # last: every rank stops at the same step
@@ -182,14 +212,79 @@ def finish_interrupted(job: Job, stop: StopFlag, watchdog: DiskWatchdog) -> Exit
     pushed = pusher.push_latest(job.pusher) if job.pusher is not None else False
     step = job.report.training.global_step if job.report.training else 0
     job.report.history.interruptions.append(
-        Interruption(reason=stop.reason, step=step, checkpoint_pushed=pushed, at=_now())
-    )
-    save_report(job)
+        Interruption(reason=stop.reason, step=step, stage=stop.stage or "train", checkpoint_pushed=pushed,
+                     at=_now())
+    )  # fmt: skip
+    save_report(job, keep_on_failure=True)
     _publish_partial(job)
     if stop.reason == "disk":
         log.error("disk budget exceeded: %s", watchdog.state.reason)
         return ExitCode.DISK
     return stop.exit_code
+
+
+def record_stop(job: Job, stop: StopFlag) -> None:
+    """A stop honoured outside training goes into the history with the stage it came in."""
+    if not stop.reason:
+        return
+    step = job.report.training.global_step if job.report.training else 0
+    pushed = job.pusher is not None and step > 0 and job.pusher.pushed_step == step
+    job.report.history.interruptions.append(
+        Interruption(reason=stop.reason, step=step, stage=stop.stage, checkpoint_pushed=pushed, at=_now())
+    )
+
+
+def finish_stopped(job: Job, stop: StopFlag) -> ExitCode:
+    """After a stop honoured before training (data preparation) or during the publish: the history says
+    where; what exists stays in the run directory. A publish stopped between files wrote no manifest, so the
+    destination reads as incomplete until `r1ft publish --run-dir` completes it."""
+    if job.main:
+        record_stop(job, stop)
+        if stop.stage == "publish":
+            log.warning("publish stopped by %s before it was complete; finish it with: r1ft publish --run-dir %s",
+                        stop.reason, job.run_dir)  # fmt: skip
+        else:
+            log.warning("stopped by %s during %s, before training: nothing to save", stop.reason,
+                        stop.stage or "start-up")  # fmt: skip
+        save_report(job, keep_on_failure=True)
+    return stop.exit_code
+
+
+def finish_disk_full(job: Job, error: BaseException) -> ExitCode:
+    """The disk filled up (ENOSPC) somewhere in the job, a checkpoint save included: torn checkpoints are
+    removed (they never count as complete, and their space lets the report be written); during training,
+    the newest complete checkpoint is pushed and what exists published as after a disk stop; exit 4."""
+    stage = job.stop.running if job.stop is not None else ""
+    reserve_path(job).unlink(missing_ok=True)  # the space kept for this moment
+    removed = markers.remove_incomplete(job.run_dir / "checkpoints")
+    free = free_bytes(Path(job.settings.work_dir))
+    message = (
+        f"the disk is full during {stage or 'start-up'}: {type(error).__name__}: {error}. "
+        f"{format_bytes(free)} is left on the work dir's filesystem (with the job's reserve given back"
+        + (f" and the torn {', '.join(p.name for p in removed)} removed)" if removed else ")")
+        + ": free space or rent a larger disk (R1FT_DISK_FREE_FLOOR_GB keeps room for the job), then rerun to "
+        "resume from the newest complete checkpoint"
+    )
+    log.error("%s", message)
+    job.report.error = message
+    if stage == "train":
+        newest = markers.newest_complete(job.run_dir / "checkpoints", deep=False)
+        step = (markers.step_of(newest) or 0) if newest is not None else 0
+        job.report.training = job.report.training or TrainingRecord(global_step=step, interrupted="disk")
+        pushed = pusher.push_latest(job.pusher) if job.pusher is not None and newest is not None else False
+        job.report.history.interruptions.append(
+            Interruption(reason="disk", step=step, stage=stage, checkpoint_pushed=pushed, at=_now())
+        )
+    save_report(job, keep_on_failure=True)
+    if stage == "train":
+        _publish_partial(job)
+    end_instance(job, published_ok=False)  # stopped, never destroyed: its disk keeps the outputs
+    return ExitCode.DISK
+
+
+def reserve_path(job: Job) -> Path:
+    """The space the job keeps allocated for its report on a full disk (`r1ft.files.reserve`)."""
+    return job.run_dir / ".r1ft-reserve"
 
 
 def _publish_partial(job: Job) -> None:
@@ -266,11 +361,12 @@ def export_gguf_files(job: Job, merged: Path, stream: bool = True) -> None:
     if not job.settings.gguf_types:
         return
 
-    on_file_ready = None
-    if stream:
-        dest = destination(job)
+    dest = destination(job) if stream else None
 
-        def on_file_ready(path: Path) -> None:
+    def on_file_ready(path: Path) -> None:
+        if job.stop is not None:  # between files: the finished one stays here and is published with the rest
+            job.stop.check()
+        if dest is not None:
             dest.stage_file(path, f"gguf/{path.name}", delete_after=True)
 
     with job.step("gguf"):
@@ -293,9 +389,18 @@ def write_report(job: Job) -> None:
     write_model_card(job.run_dir, job.report)
 
 
-def save_report(job: Job) -> None:
+def save_report(job: Job, keep_on_failure: bool = False) -> None:
+    """report.json, written atomically. With `keep_on_failure` (after a failure or a stop, when the disk may
+    be full) a write that fails is logged and the previous report.json kept as it was."""
     job.report.timings_s = job.timings
-    job.report.save(job.run_dir)
+    try:
+        job.report.save(job.run_dir)
+    except OSError as e:
+        if not keep_on_failure:
+            raise
+        log.error(
+            "could not write %s (%s); the previous one, if any, is kept", job.run_dir / "report.json", e
+        )
 
 
 # --- publish and stop ---------------------------------------------------------------------------------
@@ -311,7 +416,8 @@ def publish_outputs(job: Job) -> PublishResult:
         job.pusher.wait()  # a periodic checkpoint push still in flight finishes first
     with job.step("publish"):
         try:
-            result = publish_run(job.settings, job.run_dir, job.run_id, dest=destination(job))
+            result = publish_run(job.settings, job.run_dir, job.run_id, dest=destination(job),
+                                 stop_check=_publish_stop_check(job))  # fmt: skip
         except PublishError as e:
             job.report.publish = PublishRecord(verified=False, error=str(e))
             save_report(job)
@@ -324,6 +430,20 @@ def publish_outputs(job: Job) -> PublishResult:
     for line in summary_lines(job, result.location):
         log.info(line)
     return result
+
+
+def _publish_stop_check(job: Job):
+    """What the publish calls between files: it honours only a stop that came while it runs (the publish
+    after a stop is how what exists gets delivered)."""
+    stop = job.stop
+    if stop is None:
+        return None
+
+    def check() -> None:
+        if stop.came_during("publish"):
+            stop.check()
+
+    return check
 
 
 def end_instance(job: Job, published_ok: bool) -> ExitCode:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from r1ft.files import format_bytes
@@ -42,12 +43,15 @@ def publish_run(
     *,
     dest: Destination | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
+    stop_check: Callable[[], None] | None = None,
 ) -> PublishResult:
     """Publish the run directory's layout, write manifest.json last, commit, verify.
 
     `dest` is the destination the merge step already streamed shards through (their entries are in
     `dest.staged` and go into the manifest); by default the one `settings.output` names.
     Raises PublishError (every output still in `run_dir`) when the transfer or the verification fails.
+    `stop_check` is called before each file: the stop it raises (`r1ft.machine.signals.Stopped`) leaves the
+    destination without a manifest, i.e. visibly incomplete, until a later publish completes it.
     """
     run_dir = Path(run_dir)
     if not run_files(run_dir):
@@ -66,6 +70,8 @@ def publish_run(
         if not dest.atomic:
             dest.delete([MANIFEST])  # an older publish's manifest must not vouch for files being replaced
         for rel in run_files(run_dir):
+            if stop_check is not None:
+                stop_check()
             dest.stage_file(run_dir / rel, rel)
         entries = [
             e for p, e in dest.staged.items() if p != MANIFEST and not p.startswith(f"{CHECKPOINT_DIR}/")
