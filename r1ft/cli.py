@@ -82,7 +82,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings(env_file=args.env_file)
+        # --env-file names a file that must exist; without it, ./.env is read when it exists.
+        settings = load_settings(
+            env_file=args.env_file or Path(".env"), env_file_required=args.env_file is not None
+        )
     except SettingsError as e:
         print(f"r1ft: {len(e.problems)} problem(s) in the settings:", file=sys.stderr)
         for problem in e.problems:
@@ -128,12 +131,14 @@ def cmd_plan(settings: Settings, args: argparse.Namespace) -> int:
     hw = planning_hardware(on_cpu=settings.is_tiny)
     p = plan_for(settings, hw, world_size(settings, hw.gpu_count))
     print(p.to_json() if args.json else render_plan(p, hw.gpu_name))
+    if p.settings_problems:
+        return ExitCode.SETTINGS
     return ExitCode.OK if p.fits else ExitCode.DISK
 
 
 def cmd_data(settings: Settings, args: argparse.Namespace) -> int:
 
-    job = new_job(settings)
+    job = new_job(settings, command="r1ft data")
     try:
         tokenizer = load_tokenizer(fetch_base(job))
         prepared = prepare_data(settings, tokenizer, job.run_dir)

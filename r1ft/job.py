@@ -6,6 +6,7 @@ stage can raise `JobError(..., ExitCode.PUBLISH)` without reaching up into `r1ft
 
 from __future__ import annotations
 
+import datetime
 import enum
 import logging
 import time
@@ -17,6 +18,8 @@ from r1ft.settings import Settings
 
 if TYPE_CHECKING:  # types only: the stages below import this module, never the other way round
     from r1ft.checkpoints.pusher import CheckpointPusher
+    from r1ft.machine.runlock import RunLock
+    from r1ft.machine.signals import StopFlag
     from r1ft.publish.destination import Destination
     from r1ft.report.schema import RunReport
 
@@ -36,11 +39,15 @@ class ExitCode(enum.IntEnum):
 
 
 class JobError(Exception):
-    """A failure with the exit code it maps to and a message that says what to do."""
+    """A failure with the exit code it maps to and a message that says what to do.
 
-    def __init__(self, message: str, exit_code: ExitCode):
+    `leave_run`: the job never took the run over (its directory is locked by another job, or its checkpoints
+    were trained with other settings), so the run's report and the instance are left as they are."""
+
+    def __init__(self, message: str, exit_code: ExitCode, *, leave_run: bool = False):
         super().__init__(message)
         self.exit_code = ExitCode(exit_code)
+        self.leave_run = leave_run
 
 
 @dataclass
@@ -50,7 +57,8 @@ class Job:
     `main` is rank 0 (or the only process), the one that owns side effects. `report` is the typed run
     report the stages fill (`r1ft.report.schema.RunReport`); `base` is the base model's local directory
     once it has been fetched; `destination` is opened once (streamed merge shards, GGUF files and the final
-    publish share it); `pusher` pushes `last-checkpoint/` during training.
+    publish share it); `pusher` pushes `last-checkpoint/` during training; `stop` is the job's stop flag
+    (each `step` tells it which stage runs); `lock` is the run directory's lock, held by rank 0.
     """
 
     settings: Settings
@@ -62,9 +70,14 @@ class Job:
     timings: dict[str, float] = field(default_factory=dict)
     destination: Destination | None = None
     pusher: CheckpointPusher | None = None
+    stop: StopFlag | None = None
+    lock: RunLock | None = None
 
     def step(self, name: str) -> StageTimer:
-        """A context manager that logs the stage's start and records its wall time in `timings`."""
+        """A context manager that logs the stage's start, tells the stop flag it runs, and records its wall
+        time in `timings`."""
+        if self.stop is not None:
+            self.stop.enter(name)
         return StageTimer(self.timings, name)
 
 
@@ -79,3 +92,8 @@ class StageTimer:
 
     def __exit__(self, *exc: object) -> None:
         self.timings[self.name] = round(time.perf_counter() - self.t0, 2)
+
+
+def utc_now() -> str:
+    """The time stamps of the report's history and of the run lock: ISO 8601, UTC, to the second."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

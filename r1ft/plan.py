@@ -19,7 +19,17 @@ from r1ft.export.gguf import estimate_gguf_bytes
 from r1ft.files import GB, dir_bytes, format_gb, free_bytes
 from r1ft.machine.gpu import Hardware
 from r1ft.model.tiny import TINY_SHAPE, base_config
-from r1ft.recipe import Layout, Recipe, batch_layout, checkpoint_gb, make_recipe, model_shape, vram_peak_gb
+from r1ft.recipe import (
+    Layout,
+    ModelShape,
+    Recipe,
+    batch_layout,
+    checkpoint_gb,
+    kv_cache_bytes_per_token,
+    make_recipe,
+    model_shape,
+    vram_peak_gb,
+)
 from r1ft.settings import Settings
 
 MEAN_TOKENS_PER_EXAMPLE = 470  # the MathCodeInstruct-format sample's mean, R1 rendering
@@ -39,6 +49,12 @@ STEP_MODEL = {
 # the adapter gradients a step) took 0.189 s on two H200s and 0.217 s on four, against 0.191 s on one.
 DDP_HOST_S_PER_EXTRA_PROCESS = 0.008
 STEP_MODEL_GPU = "H200"  # the card the step model was measured on
+# A plan for a card of unknown size (a laptop planning a rental) bounds memory by the largest card rented
+# today (B200 / MI300X class).
+LARGEST_GPU_GB = 192.0
+# The evaluation's prompts: a problem and the instruction, rendered (SciBench's longest are about 400 tokens).
+EVAL_PROMPT_TOKENS = 512
+EVAL_RESERVE_GB = 2.5  # the engine's prefill activations and allocator margin (r1ft.evaluation.kv_cache)
 # First step with torch.compile (one graph for the 28 layers): 64-71 s on 64-core H200 hosts, 164 s under
 # torchrun with 4 processes, 176 s on a 16-core H100 host (no compile cache in any of them).
 COMPILE_WARMUP_S = 120
@@ -65,7 +81,9 @@ class DiskItem:
 
 @dataclass
 class Plan:
-    """The disk, VRAM, time and cost of a run with its recipe; `fits` is False when `problems` say why."""
+    """The disk, VRAM, time and cost of a run with its recipe; `fits` is False when `problems` say why.
+    `settings_problems` are settings the hardware cannot run at all (exit 2); `warnings` are settings that
+    run but may not do what was meant."""
 
     recipe: Recipe
     disk_items: list[DiskItem]
@@ -83,6 +101,8 @@ class Plan:
     train_hours: float = 0.0
     cost_usd: float = 0.0
     problems: list[str] = field(default_factory=list)
+    settings_problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     learning_rate: float = 0.0
     one_gpu_hours: float = 0.0  # with several processes: the same training on one of the GPUs
 
@@ -131,6 +151,7 @@ def make_plan(
     train_tokens: int | None = None,
     base_on_disk_outside_work: bool = False,
     gguf_bytes: dict[str, int] | None = None,
+    gpu_mem_gb: float = 0.0,
 ) -> Plan:
     """The whole job's disk, VRAM, time and cost plan; adapts keep count and streaming to fit the budget."""
     layout = recipe.layout
@@ -199,8 +220,8 @@ def make_plan(
         )
     if total + settings.disk_free_floor_gb > free_gb + 1e-9:
         problems.append(
-            f"the work dir's filesystem has {free_gb:.1f} GB free; the job needs {total:.1f} GB plus the "
-            f"{settings.disk_free_floor_gb:g} GB floor: free space or rent a larger disk"
+            f"the work dir's filesystem has {format_gb(free_gb)} free; the job needs {format_gb(total)} plus "
+            f"the {format_gb(settings.disk_free_floor_gb)} floor: free space or rent a larger disk"
         )
     epochs = settings.epochs if not settings.max_steps else None
     if epochs is not None:
@@ -211,6 +232,7 @@ def make_plan(
     warmup = COMPILE_WARMUP_S if compiled else 0
     seconds = training_seconds(total_tokens, layout, quant, compiled, gpu_name)
     hours = (seconds + warmup) / 3600
+    steps = settings.max_steps or math.ceil(total_tokens / (layout.global_batch * MEAN_TOKENS_PER_EXAMPLE))
     one_gpu = 0.0
     if layout.processes > 1 and not settings.is_tiny:  # the real model (the tiny one's step is all host)
         one_gpu = (
@@ -233,9 +255,57 @@ def make_plan(
         train_hours=round(hours, 2),
         cost_usd=round(hours * settings.gpu_hourly_usd, 2),
         problems=problems,
+        settings_problems=memory_problems(settings, config, shape, recipe, micro_tokens, gpu_mem_gb),
+        warnings=checkpoint_warnings(settings, steps),
         learning_rate=settings.learning_rate,
         one_gpu_hours=round(one_gpu, 2),
     )
+
+
+def memory_problems(
+    settings: Settings, config: dict, shape: ModelShape, recipe: Recipe, micro_tokens: int, gpu_mem_gb: float
+) -> list[str]:
+    """Batch and length settings no card can run: training's micro-batch even with every layer checkpointed,
+    and the evaluation's smallest batch (the weights and one full-length answer), against this card's memory (or the largest
+    card's, when the card is not known yet). Nothing is checked on the CPU (the tiny model)."""
+    if recipe.device != "cuda":
+        return []
+    card = gpu_mem_gb or LARGEST_GPU_GB
+    which = f"this GPU's {card:.0f} GB" if gpu_mem_gb else f"the {card:.0f} GB of the largest GPUs"
+    problems = []
+    train_gb = vram_peak_gb(shape, recipe.quant, True, micro_tokens)
+    if train_gb > card:
+        problems.append(
+            f"a micro-batch of {recipe.layout.per_device} x R1FT_MAX_SEQ_LEN={settings.max_seq_len} tokens needs "
+            f"about {train_gb:,.0f} GB of GPU memory even with every layer checkpointed, more than {which}: "
+            "lower R1FT_MAX_SEQ_LEN, or R1FT_BATCH_SIZE (the accumulation makes up R1FT_GLOBAL_BATCH)"
+        )
+    # The evaluation engine sizes its batch from the memory left after loading (R1FT_EVAL_BATCH_SIZE only
+    # caps it), so what must fit is the weights and one full-length answer's KV cache beside the margins.
+    tokens = settings.eval_max_new_tokens + EVAL_PROMPT_TOKENS
+    eval_gb = (shape.params * 2 + tokens * kv_cache_bytes_per_token(config)) / GB + EVAL_RESERVE_GB
+    if eval_gb > card:
+        problems.append(
+            f"the evaluation needs about {eval_gb:,.1f} GB of GPU memory for the bf16 model and one answer of up "
+            f"to {tokens} tokens (R1FT_EVAL_MAX_NEW_TOKENS plus the prompt) in its KV cache, more than {which}: "
+            "lower R1FT_EVAL_MAX_NEW_TOKENS, or skip the evaluation (R1FT_EVAL_MATH500_SAMPLES, "
+            "R1FT_EVAL_SCIBENCH_SAMPLES and R1FT_EVAL_SAMPLES at 0)"
+        )
+    return problems
+
+
+def checkpoint_warnings(settings: Settings, steps: int) -> list[str]:
+    """A run whose R1FT_SAVE_STEPS exceeds its steps writes no periodic checkpoint: it still runs (a stop and
+    the end of training each save one, and a short run may want no others), but a crash or kill -9 before
+    the end loses all of its training."""
+    if settings.save_steps <= steps:
+        return []
+    about = "" if settings.max_steps else "about "
+    return [
+        f"R1FT_SAVE_STEPS={settings.save_steps} is more than the run's {about}{steps} steps: no periodic "
+        "checkpoint will exist (only the final one, or one at a SIGTERM), so a crash or kill -9 loses the whole "
+        f"run; set R1FT_SAVE_STEPS to a fraction of the steps (e.g. {max(1, steps // 4)}) to be able to resume"
+    ]
 
 
 def _round_up(gb: float) -> float:
@@ -292,8 +362,10 @@ def render_plan(plan: Plan, gpu_name: str = "") -> str:
             + f" cost, not speed. R1FT_GLOBAL_BATCH={16 * procs} gives each GPU 16 sequences "
             "(fewer, larger steps: set R1FT_LEARNING_RATE for them), or rent one GPU"
         )
-    for p in plan.problems:
+    for p in [*plan.settings_problems, *plan.problems]:
         lines.append(f"  PROBLEM: {p}")
+    for w in plan.warnings:
+        lines.append(f"  WARNING: {w}")
     return "\n".join(lines)
 
 
@@ -329,6 +401,7 @@ def plan_for(settings: Settings, hw: Hardware, processes: int = 1) -> Plan:
         gpu_name=hw.gpu_name,
         base_on_disk_outside_work=local_base is not None and not _inside(local_base, work),
         gguf_bytes=gguf_bytes,
+        gpu_mem_gb=hw.gpu_mem_gb,
     )
 
 

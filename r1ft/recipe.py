@@ -13,13 +13,14 @@ checkpointed (compiled path; Qwen2-1.5B, LoRA r=16 on all linear layers).
 from __future__ import annotations
 
 import importlib.util
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 from r1ft.files import GB
+from r1ft.job import ExitCode, JobError
 from r1ft.machine.gpu import Hardware
 from r1ft.settings import Settings
+from r1ft.validation import batch_problem
 
 NF4_BYTES_PER_PARAM = 0.52  # 4 bits + an 8-bit absmax per 64 weights + its fp32 scale per 256 blocks
 # Activation MB per micro-batch token, by (every layer checkpointed, decoder layers compiled); the
@@ -130,6 +131,13 @@ def checkpoint_gb(shape: ModelShape, optimizer: str) -> float:
     return (shape.lora_params * (4 + optimizer_state_bytes(optimizer)) + 2e6) / GB
 
 
+def kv_cache_bytes_per_token(config: dict) -> int:
+    """Bytes of bf16 KV cache one generated or prompt token holds (keys and values of every layer)."""
+    heads, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    return 2 * config["num_hidden_layers"] * kv * head_dim * 2
+
+
 def vram_peak_gb(shape: ModelShape, quant: str, checkpointing: bool, micro_batch_tokens: int) -> float:
     """Predicted peak GPU memory of training at a micro-batch of `micro_batch_tokens` tokens."""
     if quant == "nf4":  # 4-bit linear weights + double-quantized scales; embeddings and LM head stay bf16
@@ -147,15 +155,16 @@ def vram_peak_gb(shape: ModelShape, quant: str, checkpointing: bool, micro_batch
 
 
 def batch_layout(settings: Settings, processes: int) -> Layout:
-    """Keep the recipe's sequences per optimizer step, whatever the number of processes."""
-    if settings.batch_size and settings.grad_accum:
-        return Layout(settings.batch_size, settings.grad_accum, processes)
+    """Exactly R1FT_GLOBAL_BATCH sequences per optimizer step on `processes` processes; a JobError (exit 2)
+    when the settings cannot give it (`r1ft.validation.batch_problem`), never a rounded batch."""
+    problem = batch_problem(settings.global_batch, settings.batch_size, settings.grad_accum, processes)
+    if problem:
+        raise JobError(problem, ExitCode.SETTINGS)
+    per_process = settings.global_batch // processes
     if settings.batch_size:
-        accum = max(1, math.ceil(settings.global_batch / (settings.batch_size * processes)))
-        return Layout(settings.batch_size, accum, processes)
-    per_process = max(1, settings.global_batch // processes)
+        return Layout(settings.batch_size, per_process // settings.batch_size, processes)
     accum = settings.grad_accum or 1
-    return Layout(max(1, per_process // accum), accum, processes)
+    return Layout(per_process // accum, accum, processes)
 
 
 def compiles(settings: Settings, device: str, gpu_mem_gb: float) -> bool:

@@ -121,13 +121,23 @@ class Settings(BaseSettings):
     epochs: float = Field(3.0, gt=0, description="training epochs (ignored when R1FT_MAX_STEPS is set)")
     max_steps: int = Field(0, ge=0, description="optimizer steps; overrides epochs when > 0")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="peak learning rate")
-    lr_scheduler: str = Field("cosine", description="transformers scheduler name")
+    lr_scheduler: str = Field(
+        "cosine", description="transformers scheduler: linear, cosine, constant, constant_with_warmup, ..."
+    )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="warm-up as a fraction of the steps")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    global_batch: int = Field(16, gt=0, description="sequences per optimizer step, all GPUs together")
-    batch_size: int = Field(0, ge=0, description="per-device micro-batch (0: derived from global batch)")
-    grad_accum: int = Field(0, ge=0, description="gradient accumulation steps (0: derived from global batch)")
-    max_seq_len: int = Field(2048, ge=64, description="longest training sequence in tokens")
+    global_batch: int = Field(
+        16, gt=0, description="sequences per optimizer step, all GPUs together (always exactly this many)"
+    )
+    batch_size: int = Field(
+        0, ge=0, description="per-device micro-batch (0: derived); must divide the global batch per GPU"
+    )
+    grad_accum: int = Field(
+        0, ge=0, description="gradient accumulation steps (0: derived); must divide the global batch per GPU"
+    )
+    max_seq_len: int = Field(
+        2048, ge=64, description="longest training sequence in tokens (at most the model's context)"
+    )
     lora_r: int = Field(16, gt=0, description="LoRA rank")
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
@@ -153,7 +163,11 @@ class Settings(BaseSettings):
         "about 2 min of compilation first)",
     )
     seed: int = Field(42, description="seed for data order, split and initialisation")
-    save_steps: int = Field(200, gt=0, description="save a checkpoint every N optimizer steps")
+    save_steps: int = Field(
+        200,
+        gt=0,
+        description="save a checkpoint every N optimizer steps (resume points; also saved at a stop)",
+    )
     save_total_limit: int = Field(3, gt=0, description="checkpoints kept on disk")
     logging_steps: int = Field(10, gt=0, description="log every N optimizer steps")
     eval_steps: int = Field(200, gt=0, description="evaluate eval loss every N optimizer steps")
@@ -395,8 +409,17 @@ def _field_problems(err: ValidationError) -> tuple[list[str], set[str]]:
         shown = "" if field in SECRET_FIELDS or isinstance(value, dict) else f" (got {value!r})"
         info = Settings.model_fields.get(field)
         what = f"; it is {info.description}" if info is not None and info.description else ""
-        lines.append(f"{by_name.get(field, key)}: {e['msg']}{shown}{what}")
+        lines.append(f"{by_name.get(field, key)}: {e['msg']}{shown}{_closest(e)}{what}")
     return lines, failed
+
+
+def _closest(e: Any) -> str:
+    """For a value outside a fixed set of choices (a Literal field): the closest choice, if one is close."""
+    if e["type"] != "literal_error" or not isinstance(e.get("input"), str):
+        return ""
+    choices = re.findall(r"'([^']*)'", str(e.get("ctx", {}).get("expected", "")))
+    close = difflib.get_close_matches(e["input"].strip().lower(), choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def load_settings(

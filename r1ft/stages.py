@@ -1,11 +1,10 @@
 """The job's stages: small glue functions between the settings, the run directory, the typed run report and
 each stage's package. `r1ft.pipeline.run_job` calls them in order; `r1ft.commands` reruns single ones on a
-finished run."""
+finished run. Getting the run to the user (preflight, publish, the ends after a stop) is `r1ft.delivery`."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,31 +15,22 @@ from r1ft.data import prepare
 from r1ft.evaluation.losses import read_scalars
 from r1ft.evaluation.run import FineTune, evaluate_run
 from r1ft.export import merge
-from r1ft.export.adapter import name_base_by_id
 from r1ft.export.gguf import export_gguf
 from r1ft.files import GB
-from r1ft.job import ExitCode, Job, JobError
-from r1ft.machine import instance
+from r1ft.job import ExitCode, Job, JobError, utc_now
 from r1ft.machine.gpu import Hardware, detect_hardware
 from r1ft.machine.signals import StopFlag
-from r1ft.model.base import fetch_base_model, hub_origin
+from r1ft.model.base import fetch_base_model
 from r1ft.plan import Plan, plan_for, render_plan
-from r1ft.publish import preflight
 from r1ft.publish.connect import destination_for
-from r1ft.publish.destination import Destination, DestinationDenied, PublishError, PublishResult
-from r1ft.publish.location import output_location
-from r1ft.publish.manifest import CHECKPOINT_DIR
-from r1ft.publish.run import publish_run
+from r1ft.publish.destination import Destination
+from r1ft.recipe import Recipe
 from r1ft.records import DataError
 from r1ft.report.card import write_model_card
 from r1ft.report.schema import (
     DiskRecord,
-    FailedPublish,
     GgufRecord,
-    Interruption,
-    LastCheckpointRecord,
     MergeRecord,
-    PublishRecord,
     ResumeRecord,
     Resumption,
     RunReport,
@@ -52,38 +42,22 @@ from r1ft.training import distributed
 from r1ft.training.train import run_training
 
 log = logging.getLogger(__name__)
-PUBLISH_FAILED = "publish failed: "  # how the report's error starts when the publish was what failed
 
 
 # --- plan ---------------------------------------------------------------------------------------------
 def plan_run(job: Job) -> tuple[Hardware, Plan]:
-    """Hardware, then the recipe and the disk/VRAM/time plan; exit 4 before any download when it cannot fit."""
+    """Hardware, then the recipe and the disk/VRAM/time plan; before any download, exit 2 when this hardware
+    cannot run the settings (batch arithmetic, memory) and exit 4 when the disk plan cannot fit."""
     hw = detect_hardware()
     plan = plan_for(job.settings, hw, distributed.num_processes())
     log.info(render_plan(plan, hw.gpu_name))
     job.report.plan, job.report.recipe = plan, plan.recipe
+    if plan.settings_problems:
+        raise JobError("these settings cannot run here:\n  " + "\n  ".join(plan.settings_problems),
+                       ExitCode.SETTINGS)  # fmt: skip
     if not plan.fits:
         raise JobError("the disk plan cannot fit:\n  " + "\n  ".join(plan.problems), ExitCode.DISK)
     return hw, plan
-
-
-def check_destination(job: Job) -> None:
-    """Before the base model download: prove that the destination can be written now, so a run that could
-    not be delivered never trains (`r1ft.publish.preflight`). Exit 2 with the fix when it refuses the
-    credentials or permissions (or is a file, or inside the run directory), 3 when it does not answer within
-    the bound (a few tries, at most a minute)."""
-    if not job.main:  # rank 0 publishes, so rank 0 checks
-        return
-    with job.step("destination"):
-        try:
-            preflight.check_destination(job.settings, job.run_dir, job.run_id)
-        except DestinationDenied as e:
-            raise JobError(f"{e}. Nothing was downloaded or trained.", ExitCode.SETTINGS) from e
-        except PublishError as e:
-            raise JobError(
-                f"{e}. Nothing was downloaded or trained: rerun when the destination answers.",
-                ExitCode.PUBLISH,
-            ) from e
 
 
 @contextlib.contextmanager
@@ -136,15 +110,48 @@ def load_tokenizer(base: Path):
 def prepare_data(job: Job, tokenizer) -> prepare.PreparedData:
     with job.step("data"):
         try:
-            prepared = prepare.prepare_data(job.settings, tokenizer, job.run_dir)
+            prepared = prepare.prepare_data(job.settings, tokenizer, job.run_dir, stop=job.stop)
         except DataError as e:  # before any GPU work: the message says what to fix
             raise JobError(str(e), ExitCode.SETTINGS) from e
     job.report.data = prepared.stats
     log.info("data: %d train / %d eval examples", len(prepared.train), len(prepared.eval))
+    if len(prepared.train) < job.settings.global_batch:  # every step would be one smaller batch than asked
+        raise JobError(
+            f"R1FT_GLOBAL_BATCH={job.settings.global_batch} is more than the {len(prepared.train)} training rows: "
+            f"set R1FT_GLOBAL_BATCH to at most {len(prepared.train)} (or add data)",
+            ExitCode.SETTINGS,
+        )
     return prepared
 
 
 # --- training -----------------------------------------------------------------------------------------
+def check_resume_identity(job: Job, recipe: Recipe, ckpt: Path | None = None) -> None:
+    """Refuse (exit 2, the run left as it is) to resume a checkpoint trained with other settings; by default
+    the run directory's newest complete checkpoint, checked before any download."""
+    ckpt = ckpt or markers.newest_complete(job.run_dir / "checkpoints", deep=False)
+    if ckpt is None:
+        return
+    recorded = resume.marker_identity(ckpt)
+    if recorded is None:
+        log.warning("%s records no training settings (an older r1ft wrote it): resuming unchecked", ckpt.name)
+        return
+    differences = resume.identity_differences(recorded, identity(job, recipe))
+    if differences:
+        raise JobError(
+            f"refusing to resume run {job.run_id} from {ckpt.name}: it was trained with other settings:\n  - "
+            + "\n  - ".join(differences)
+            + f"\nUse a new R1FT_RUN_ID to start a new run with these settings, or restore the settings above to "
+            f"resume this one (its checkpoints are in {ckpt.parent})",
+            ExitCode.SETTINGS,
+            leave_run=True,
+        )
+
+
+def identity(job: Job, recipe: Recipe) -> dict:
+    """This job's training identity, written beside each checkpoint (`r1ft.checkpoints.resume`)."""
+    return resume.training_identity(job.settings, recipe, prepare.data_fingerprint(job.settings))
+
+
 def train_adapter(
     job: Job, tokenizer, prepared: prepare.PreparedData, hw: Hardware, plan: Plan, watchdog, stop: StopFlag
 ):
@@ -153,6 +160,8 @@ def train_adapter(
     s = job.settings
     with distributed.main_process_first():  # rank 0 may fetch last-checkpoint/ for everyone
         start = resume.find_resume_point(s, job.run_dir, job.run_id)
+    if start.checkpoint is not None:  # a checkpoint fetched from the destination is checked here
+        check_resume_identity(job, plan.recipe, start.checkpoint)
     if job.main:
         job.report.resume = ResumeRecord(
             checkpoint=str(start.checkpoint or ""), source=start.source, step=start.step
@@ -160,7 +169,7 @@ def train_adapter(
         _record_resume(job, start)
     job.pusher = pusher.CheckpointPusher(s, job.run_dir, s.push_checkpoint_every)
     callbacks = [
-        markers.completion_callback({"run_id": job.run_id}),
+        markers.completion_callback({"run_id": job.run_id, "identity": identity(job, plan.recipe)}),
         trainer_callback(watchdog, stop),
         pusher.pusher_callback(job.pusher),
         distributed.stop_agreement_callback(stop),  # last: every rank stops at the same step
@@ -183,6 +192,9 @@ def train_adapter(
     job.report.training = TrainingRecord(
         global_step=result.global_step,
         eval_loss_base=result.eval_loss_base if result.eval_loss_base is not None else previous_base(job),
+        max_steps=result.max_steps,
+        epoch=result.epoch,
+        epochs=result.epochs,
         loss_by_step={h["step"]: h["loss"] for h in result.log_history if "loss" in h and "step" in h},
         metrics=result.metrics,
         interrupted=stop.reason,
@@ -201,54 +213,6 @@ def previous_base(job: Job) -> float | None:
     return earlier.eval_loss_base if earlier else None
 
 
-def push_final_checkpoint(job: Job) -> bool:
-    """After training, before the merge: `last-checkpoint/` ends at the newest checkpoint (a push still in
-    flight is waited for, then the newest is pushed unless it is already there), so an instance lost in a
-    later stage resumes at the end of training. The step it holds goes into the report."""
-    if job.pusher is None:
-        return False
-    pushed = pusher.push_latest(job.pusher)
-    p = job.pusher
-    record = LastCheckpointRecord(location=f"{destination(job).location}/{CHECKPOINT_DIR}",
-                                  step=max(p.pushed_step, 0), newest_step=p.newest_step(), pushed=pushed,
-                                  error=p.last_error)  # fmt: skip
-    job.report.last_checkpoint = record
-    if pushed:
-        log.info("%s holds step %d, the newest checkpoint", record.location, record.step)
-    else:
-        log.warning("%s holds step %d, not the newest (%d): %s", record.location, record.step,
-                    record.newest_step, record.error or "no push")  # fmt: skip
-    return pushed
-
-
-def finish_interrupted(job: Job, stop: StopFlag, watchdog: DiskWatchdog) -> ExitCode:
-    """After a signal or a disk stop: the checkpoint is saved; push it, publish what exists, exit."""
-    log.warning("training stopped early (%s); the newest checkpoint is saved", stop.reason)
-    pushed = push_final_checkpoint(job)
-    step = job.report.training.global_step if job.report.training else 0
-    job.report.history.interruptions.append(
-        Interruption(reason=stop.reason, step=step, checkpoint_pushed=pushed, at=_now())
-    )
-    save_report(job)
-    _publish_partial(job)
-    if stop.reason == "disk":
-        log.error("disk budget exceeded: %s", watchdog.state.reason)
-        return ExitCode.DISK
-    return stop.exit_code
-
-
-def _publish_partial(job: Job) -> None:
-    """Publish what exists (logs, report) beside the pushed checkpoint; never raises."""
-    try:
-        _publish(job)
-    except Exception as e:
-        log.warning("could not publish the partial run (%s); it stays in %s", e, job.run_dir)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
 def _record_resume(job: Job, start: resume.ResumePoint) -> None:
     """Carry the run's history (interruptions, resumes, steps redone) across processes."""
     previous = job.run_dir / "report.json"
@@ -262,7 +226,7 @@ def _record_resume(job: Job, start: resume.ResumePoint) -> None:
         last = max((step for points in series.values() for step, _ in points), default=0)
         redone = max(0, last - start.step)
         job.report.history.resumes.append(
-            Resumption(source=start.source, step=start.step, steps_redone=redone, at=_now())
+            Resumption(source=start.source, step=start.step, steps_redone=redone, at=utc_now())
         )
         log.info(
             "resumed from %s checkpoint at step %d (%d step(s) to redo)", start.source, start.step, redone
@@ -318,9 +282,11 @@ def load_benchmarks(job: Job, prepared: prepare.PreparedData) -> list[Benchmark]
     return benchmarks
 
 
-def evaluate_models(job: Job, benchmarks: list[Benchmark], merged: Path, stop: StopFlag) -> None:
+def evaluate_models(job: Job, benchmarks: list[Benchmark], merged: Path) -> None:
     """Base vs fine-tune under the protocol; the fine-tune is the published merged weights (recomputed and
-    checked by their sha256 when the disk plan streamed the shards away)."""
+    checked by their sha256 when the disk plan streamed the shards away). The engine polls the job's stop
+    flag between decode steps: a stop ends generation within seconds and the record keeps what was scored,
+    marked stopped."""
     if list(merged.glob("*.safetensors")):
         finetune = FineTune(merged=merged)
     else:
@@ -330,7 +296,8 @@ def evaluate_models(job: Job, benchmarks: list[Benchmark], merged: Path, stop: S
     base_loss = job.report.training.eval_loss_base if job.report.training else None
     with job.step("evaluate"):
         job.report.evaluation = evaluate_run(job.settings, job.run_dir, job.base, finetune, benchmarks,
-                                             stop=lambda: stop.reason, eval_loss_base=base_loss)  # fmt: skip
+                                             stop=lambda: job.stop.reason if job.stop else "",
+                                             eval_loss_base=base_loss)  # fmt: skip
 
 
 def export_gguf_files(job: Job, merged: Path, stream: bool = True) -> None:
@@ -339,26 +306,27 @@ def export_gguf_files(job: Job, merged: Path, stream: bool = True) -> None:
     if not job.settings.gguf_types:
         return
 
-    on_file_ready = None
-    if stream:
-        dest = destination(job)
+    dest = destination(job) if stream else None
 
-        def on_file_ready(path: Path) -> None:
+    def on_file_ready(path: Path) -> None:
+        if job.stop is not None:  # between files: the finished one stays here and is published with the rest
+            job.stop.check()
+        if dest is not None:
             dest.stage_file(path, f"gguf/{path.name}", delete_after=True)
 
-    with job.step("gguf"):
-        results = export_gguf(
-            merged, job.run_dir / "gguf", job.settings.gguf_types, on_file_ready=on_file_ready
-        )
-    job.report.gguf = [
-        GgufRecord(type=r.type, path=str(r.path), size_bytes=r.size_bytes, seconds=r.seconds,
-                   verified=r.verified, kl_divergence=r.kl_divergence, check_seconds=r.check_seconds,
-                   message=r.message)
-        for r in results
-    ]  # fmt: skip
-    for r in results:
+    def on_result(r) -> None:  # recorded as each file is done: a stop later keeps the record
+        job.report.gguf.append(
+            GgufRecord(type=r.type, path=str(r.path), size_bytes=r.size_bytes, seconds=r.seconds,
+                       verified=r.verified, kl_divergence=r.kl_divergence, check_seconds=r.check_seconds,
+                       message=r.message)
+        )  # fmt: skip
         if not r.verified:
             log.warning("GGUF %s not published: %s", r.type, r.message)
+
+    job.report.gguf = []
+    with job.step("gguf"):
+        export_gguf(merged, job.run_dir / "gguf", job.settings.gguf_types, on_file_ready=on_file_ready,
+                    stop_check=job.stop.check if job.stop else None, on_result=on_result)  # fmt: skip
 
 
 def write_report(job: Job) -> None:
@@ -367,80 +335,23 @@ def write_report(job: Job) -> None:
     write_model_card(job.run_dir, job.report)
 
 
-def save_report(job: Job) -> None:
+def save_report(job: Job, keep_on_failure: bool = False) -> None:
+    """report.json, written atomically. With `keep_on_failure` (after a failure or a stop, when the disk may
+    be full) a write that fails is logged and the previous report.json kept as it was."""
     job.report.timings_s = job.timings
-    job.report.save(job.run_dir)
+    try:
+        job.report.save(job.run_dir)
+    except OSError as e:
+        if not keep_on_failure:
+            raise
+        log.error(
+            "could not write %s (%s); the previous one, if any, is kept", job.run_dir / "report.json", e
+        )
 
 
-# --- publish and stop ---------------------------------------------------------------------------------
+# --- the destination ----------------------------------------------------------------------------------
 def destination(job: Job) -> Destination:
     """The run's destination, opened once (merge shards, GGUF files and the final publish share it)."""
     if job.destination is None:
         job.destination = destination_for(job.settings, job.run_id)
     return job.destination
-
-
-def publish_outputs(job: Job) -> PublishResult:
-    """Publish the run, verified against its manifest; exit 3 (outputs kept, retry command given) if not."""
-    if job.pusher is not None:
-        job.pusher.wait()  # a periodic checkpoint push still in flight finishes first
-    with job.step("publish"):
-        try:
-            result = _publish(job)
-        except PublishError as e:
-            raise JobError(f"{PUBLISH_FAILED}{e}", ExitCode.PUBLISH) from e
-    for line in summary_lines(job, result.location):
-        log.info(line)
-    return result
-
-
-def _publish(job: Job) -> PublishResult:
-    """`publish_run`, with the report and card sent carrying this publish's state (`_record_publish`): a
-    later successful publish rewrites the state and clears a failed one's error, here and at the destination.
-    A failure is recorded in the local report (and its history) and raised."""
-    origin = hub_origin(job.settings)
-    if origin is not None:
-        name_base_by_id(job.run_dir / "adapter", *origin)
-    dest = destination(job)
-    try:
-        return publish_run(job.settings, job.run_dir, job.run_id, dest=dest,
-                           record=lambda pending: _record_publish(job, pending))  # fmt: skip
-    except PublishError as e:
-        job.report.publish = PublishRecord(location=dest.location, verified=False, error=str(e))
-        job.report.history.failed_publishes.append(FailedPublish(error=str(e), at=_now()))
-        write_report(job)
-        raise
-
-
-def _record_publish(job: Job, pending: PublishResult) -> None:
-    """report.json and README.md as they go to the destination: saying what this publish achieves."""
-    job.report.publish = PublishRecord(location=pending.location, verified=pending.verified,
-                                       files=pending.files, bytes=pending.bytes, message=pending.message)  # fmt: skip
-    if job.report.error and job.report.error.startswith(PUBLISH_FAILED):
-        job.report.error = None  # the failure stays in the history
-    write_report(job)
-
-
-def end_instance(job: Job, published_ok: bool) -> ExitCode:
-    """Destroy, stop or leave the Vast instance (R1FT_STOP_INSTANCE); the exit code for the publish."""
-    s = job.settings
-    exit_code = ExitCode.OK if published_ok else ExitCode.PUBLISH
-    if published_ok and s.container_id and not output_location(s.output, job.run_id).remote:
-        log.warning(
-            "R1FT_OUTPUT is a directory inside this instance: stopping it (disk kept), not destroying it"
-        )
-        published_ok = False
-    log.info(instance.stop_instance(s, published_ok))
-    return exit_code
-
-
-def summary_lines(job: Job, location: str) -> list[str]:
-    lines = [f"run {job.run_id}: outputs in {job.run_dir}"]
-    if location:
-        lines.append(f"published to {location}")
-    for name in ("adapter", "merged", "logs", "eval", "gguf"):
-        p = job.run_dir / name
-        if p.exists():
-            lines.append(f"  {name + '/':<9} {p}")
-    lines.append(f"  report   {job.run_dir / 'report.json'}")
-    return lines

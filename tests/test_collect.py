@@ -46,7 +46,9 @@ def publish_by_hand(root: Path, files: dict[str, bytes]) -> Path:
 
 
 def collect(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(SCRIPT), *args, "--env-file", str(tmp_path / "none.env")]
+    env_file = tmp_path / "none.env"  # an empty settings file: nothing from the caller's ./.env
+    env_file.touch()
+    cmd = [sys.executable, str(SCRIPT), *args, "--env-file", str(env_file)]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
 
 

@@ -23,7 +23,7 @@ from r1ft.evaluation.protocol import (
     select_problems,
 )
 from r1ft.evaluation.results import EvaluationRecord
-from r1ft.report.card import evaluation_section
+from r1ft.report.card_evaluation import evaluation_section
 from r1ft.settings import load_settings
 from r1ft.tasks import heldout, math500, scibench
 from r1ft.tasks.problem import Benchmark, Problem, Verdict

@@ -3,6 +3,7 @@ ggml quantizes them, written and handed over one at a time."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -476,3 +477,22 @@ def test_full_size_export_fits_a_16_gb_budget(full_size_merged, tmp_path, gguf_t
     assert result.verified, result.message
     assert result.size_bytes <= estimate
     assert max(peak) < 16e9
+
+
+def test_a_stop_between_tensors_deletes_the_file_being_written_and_keeps_the_finished_ones(merged, tmp_path):
+    """The job's stop flag is checked before each tensor: the stop raised mid-file leaves no `.partial`, and
+    the files finished before it are kept and were reported as they came."""
+    from r1ft.machine.signals import Stopped
+
+    calls, reported = {"n": 0}, []
+    tensors = len(ge.plan_tensors(merged, json.loads((merged / "config.json").read_text()), "f16"))
+
+    def stop_check() -> None:  # the stop arrives halfway through the second file
+        calls["n"] += 1
+        if calls["n"] > tensors + tensors // 2:
+            raise Stopped("SIGTERM", "gguf")
+
+    with pytest.raises(Stopped):
+        ge.export_gguf(merged, tmp_path, ["f16", "q8_0"], stop_check=stop_check, on_result=reported.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-f16.gguf"]
+    assert [(r.type, r.verified) for r in reported] == [("f16", True)]

@@ -36,9 +36,13 @@ def mark_complete(ckpt: Path, extra: dict | None = None) -> None:
         for p in files
     ]
     tmp = ckpt / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"files": entries, **(extra or {})}, indent=1))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    try:
+        tmp.write_text(json.dumps({"files": entries, **(extra or {})}, indent=1))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk: no marker, so the checkpoint never counts as complete
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(ckpt / MARKER)
 
 
@@ -105,6 +109,17 @@ def prune(root: Path, keep: int) -> list[Path]:
     for s in select_prunable(sorted(dirs), complete, keep):  # type: ignore[arg-type]
         shutil.rmtree(dirs[s], ignore_errors=True)
         removed.append(dirs[s])
+    return removed
+
+
+def remove_incomplete(root: Path) -> list[Path]:
+    """Delete every checkpoint without a completion marker (after a failed save, when nothing is saving);
+    returns what was removed."""
+    removed = []
+    for ckpt in checkpoint_dirs(root):
+        if not (ckpt / MARKER).is_file():
+            shutil.rmtree(ckpt, ignore_errors=True)
+            removed.append(ckpt)
     return removed
 
 

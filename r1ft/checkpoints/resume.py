@@ -4,7 +4,12 @@ ever holds one run's checkpoints); else `last-checkpoint/` at the destination wh
 run (a fresh instance after preemption), with the run's published logs and report (its history).
 
 "There is no last-checkpoint/" starts the run from scratch; "could not look" (refused, or no answer within
-the bounded retries) stops the job: a silent fresh start would redo, or fork, a run that exists."""
+the bounded retries) stops the job: a silent fresh start would redo, or fork, a run that exists.
+
+Each checkpoint's completion marker carries the run's training identity (`training_identity`: the settings
+that shape training, the recipe's base precision and optimizer, the data's fingerprint). A checkpoint whose
+identity differs from this job's is never resumed (`identity_differences`): under one R1FT_RUN_ID, a changed
+LoRA rank would fail to load and a changed learning rate would resume silently on the old schedule."""
 
 from __future__ import annotations
 
@@ -14,13 +19,14 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from r1ft.checkpoints import markers as checkpoints
 from r1ft.job import ExitCode, JobError
 from r1ft.publish.checkpoint import fetch_last_checkpoint, fetch_run_history
 from r1ft.publish.destination import DestinationDenied, PublishError
-from r1ft.settings import Settings
+from r1ft.recipe import Recipe
+from r1ft.settings import RUN_SHAPING_FIELDS, Settings, env_names
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,6 +37,60 @@ class ResumePoint:
     checkpoint: Path | None = None
     source: str = ""  # "", "local", "destination"
     step: int = 0
+
+
+# The settings compared at resume: those that shape training, less R1FT_QUANT, whose `auto` is compared as
+# the recipe's resolved base precision instead.
+IDENTITY_SETTINGS = sorted(RUN_SHAPING_FIELDS - {"quant"})
+# The recipe's decisions that a checkpoint cannot be resumed across, and the setting that forces each.
+IDENTITY_RECIPE = {"quant": "R1FT_QUANT", "optimizer": "R1FT_OPTIM"}
+
+
+def training_identity(settings: Settings, recipe: Recipe, data_fingerprint: str) -> dict[str, Any]:
+    """What makes a checkpoint this run's: written into every completion marker, compared at resume."""
+    public = settings.public_dict()
+    return {
+        "settings": {name: public[name] for name in IDENTITY_SETTINGS},
+        "recipe": {name: getattr(recipe, name) for name in IDENTITY_RECIPE},
+        "data": data_fingerprint,
+    }
+
+
+def marker_identity(ckpt: Path) -> dict[str, Any] | None:
+    """The training identity in a checkpoint's marker; None for a marker written before r1ft recorded it."""
+    try:
+        identity = json.loads((ckpt / checkpoints.MARKER).read_text()).get("identity")
+    except (OSError, ValueError):
+        return None
+    return identity if isinstance(identity, dict) else None
+
+
+def identity_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """One line per difference between a checkpoint's identity and this job's, naming the setting."""
+    names = {field: env for env, field in env_names().items() if env.startswith("R1FT_")}
+    lines = []
+    was, now = recorded.get("settings", {}), current["settings"]
+    for field in sorted(set(was) | set(now)):
+        if field in was and was.get(field) != now.get(field):
+            env = names.get(field, field)
+            lines.append(f"{env}: {_shown(was.get(field))} in the checkpoint, {_shown(now.get(field))} now")
+    was_recipe = recorded.get("recipe", {})
+    for field, env in IDENTITY_RECIPE.items():
+        if field in was_recipe and was_recipe[field] != current["recipe"][field]:
+            lines.append(
+                f"the recipe's {field}: {was_recipe[field]} in the checkpoint, {current['recipe'][field]} on "
+                f"this machine (set {env}={was_recipe[field]} to resume here)"
+            )
+    if recorded.get("data") and recorded["data"] != current["data"]:
+        lines.append(
+            f"the data: fingerprint {recorded['data']} in the checkpoint, {current['data']} now (a data file, a "
+            "Hub revision or a setting that shapes the data changed)"
+        )
+    return lines
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value)
 
 
 def marker_run_id(ckpt: Path) -> str:

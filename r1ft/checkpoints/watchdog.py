@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1ft.checkpoints import markers as checkpoints
-from r1ft.files import GB, dir_bytes, free_bytes
+from r1ft.files import GB, dir_bytes, format_bytes, free_bytes
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,15 @@ class DiskWatchdog:
 
     def _over(self, used: int) -> str:
         if used > self.state.budget_bytes:
-            return f"work dir uses {used / GB:.2f} GB, over the {self.state.budget_bytes / GB:.2f} GB budget"
+            return (
+                f"work dir uses {format_bytes(used)}, over the {format_bytes(self.state.budget_bytes)} budget"
+            )
         free = free_bytes(self.work_dir)
         if free < self.state.floor_bytes:
-            return f"only {free / GB:.2f} GB free on the work dir's filesystem (floor {self.state.floor_bytes / GB:.2f} GB)"
+            return (
+                f"only {format_bytes(free)} free on the work dir's filesystem, under the "
+                f"{format_bytes(self.state.floor_bytes)} floor (R1FT_DISK_FREE_FLOOR_GB)"
+            )
         return ""
 
     # --- acting -----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r1ft.chat import (
     IGNORE_INDEX,
@@ -22,6 +22,9 @@ from r1ft.chat import (
 )
 from r1ft.data.sources import SOURCES
 from r1ft.records import DataError
+
+if TYPE_CHECKING:
+    from r1ft.machine.signals import StopFlag
 
 TOKENIZE_CHUNK = 2048
 
@@ -84,11 +87,16 @@ def is_eval(key: str, fraction: float) -> bool:
     return _unit_hash("split", key) < fraction
 
 
-def tokenize_examples(tokenizer, examples: list[dict], output_loss: bool = True) -> list[dict]:
+def tokenize_examples(
+    tokenizer, examples: list[dict], output_loss: bool = True, stop: StopFlag | None = None
+) -> list[dict]:
     """`chat.tokenize_example` for many examples, in batched fast-tokenizer calls (the same ids and labels),
-    with `kinds`: each token's block kind (`chat.PROMPT`, `TEXT`, `CODE`, `OUTPUT`) as bytes."""
+    with `kinds`: each token's block kind (`chat.PROMPT`, `TEXT`, `CODE`, `OUTPUT`) as bytes; a stop is
+    honoured between chunks."""
     out = []
     for i in range(0, len(examples), TOKENIZE_CHUNK):
+        if stop is not None:
+            stop.check()
         chunk = examples[i : i + TOKENIZE_CHUNK]
         prompts = [prompt_text(tokenizer, ex["problem"]) for ex in chunk]
         completions = [completion_text(ex["reasoning"], ex["answer"], tokenizer.eos_token) for ex in chunk]
@@ -146,7 +154,9 @@ def fit_length(tokens: dict[str, list[int]], max_len: int, policy: str) -> tuple
     return cut, "truncated"
 
 
-def draw(examples: list[dict], want: int, settings, tokenizer) -> tuple[list[tuple[dict, dict]], Counter]:
+def draw(
+    examples: list[dict], want: int, settings, tokenizer, stop: StopFlag | None = None
+) -> tuple[list[tuple[dict, dict]], Counter]:
     """Up to `want` examples (0: all) that fit the length policy, ranked by a hash of (seed, problem) (with
     `R1FT_DEDUP=pair`, of (seed, problem, solution): each solution is drawn on its own); examples that do
     not fit are replaced by the next ones. Returns (example, tokens) pairs and counts."""
@@ -155,7 +165,7 @@ def draw(examples: list[dict], want: int, settings, tokenizer) -> tuple[list[tup
     kept, counts, pos = [], Counter(), 0
     while len(kept) < want and pos < len(ranked):
         batch = ranked[pos : pos + max(want - len(kept), 256)]
-        tokenized = tokenize_examples(tokenizer, batch, settings.interpreter_output_loss)
+        tokenized = tokenize_examples(tokenizer, batch, settings.interpreter_output_loss, stop)
         for ex, tokens in zip(batch, tokenized, strict=True):
             pos += 1
             fitted, what = fit_length(tokens, settings.max_seq_len, settings.length_policy)
@@ -180,7 +190,7 @@ def source_of(ex: dict) -> str:
 
 
 def draw_and_split(
-    pool: list[dict], settings, tokenizer
+    pool: list[dict], settings, tokenizer, stop: StopFlag | None = None
 ) -> tuple[list[tuple], list[tuple], dict[str, Counter]]:
     """Each source's draw (MathCodeInstruct: `mathcodeinstruct_samples`; SciBench: all), tokenized under
     the length policy, split by problem hash; eval ordered by that hash. Returns (train, eval, counts)."""
@@ -188,7 +198,7 @@ def draw_and_split(
     for name in SOURCES:
         mine = [ex for ex in pool if source_of(ex) == name]
         want = settings.mathcodeinstruct_samples if name == "mathcodeinstruct" else 0
-        drawn, lengths[name] = draw(mine, want, settings, tokenizer)
+        drawn, lengths[name] = draw(mine, want, settings, tokenizer, stop)
         for pair in drawn:
             (held if is_eval(pair[0]["key"], settings.eval_fraction) else train).append(pair)
     train, held = ensure_both_splits(train, held)

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r1ft.chat import loss_text
 from r1ft.data.mix import deduplicate, digest, draw_and_split, guard_contamination
@@ -45,9 +45,14 @@ from r1ft.data.sources import SOURCES, identity, load_source
 from r1ft.data.stats import DataStats, mix_stats, source_stats, totals
 from r1ft.records import DataError, normalise_problem
 
+if TYPE_CHECKING:
+    from r1ft.machine.signals import StopFlag
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # bump when rendering or mixing changes: old caches and run ids stop matching
+# 2: R1FT_DEDUP and R1FT_INTERPRETER_OUTPUT_LOSS in the fingerprint; records over
+# `r1ft.records.max_record_bytes` rejected unread ("too_large"), BOMs accepted
 SHAPING_FIELDS = (
     "mathcodeinstruct_samples",
     "scibench_upsample",
@@ -110,8 +115,9 @@ def _cache_key(settings, tokenizer) -> dict[str, Any]:
 # --- the whole preparation --------------------------------------------------------------------------------
 
 
-def prepare_data(settings, tokenizer, run_dir: Path) -> PreparedData:
-    """The prepared data of the run: from `run_dir/data/` when its key matches, else built and cached."""
+def prepare_data(settings, tokenizer, run_dir: Path, stop: StopFlag | None = None) -> PreparedData:
+    """The prepared data of the run: from `run_dir/data/` when its key matches, else built and cached. A stop
+    is honoured between records and tokenization chunks (`Stopped`; no cache is written)."""
     start = time.monotonic()
     cache = Path(run_dir) / "data"
     key = _cache_key(settings, tokenizer)
@@ -120,7 +126,7 @@ def prepare_data(settings, tokenizer, run_dir: Path) -> PreparedData:
         cached.stats.cache_hit = True
         log.info("data: reusing the prepared data in %s", cache)
         return cached
-    prepared = build(settings, tokenizer)
+    prepared = build(settings, tokenizer, stop)
     prepared.stats.fingerprint, prepared.stats.tokenizer = key["data"], key["tokenizer"]
     prepared.stats.cache_hit = False
     prepared.stats.seconds = round(time.monotonic() - start, 2)
@@ -134,12 +140,12 @@ def prepare_data(settings, tokenizer, run_dir: Path) -> PreparedData:
     return prepared
 
 
-def build(settings, tokenizer) -> PreparedData:
+def build(settings, tokenizer, stop: StopFlag | None = None) -> PreparedData:
     """Load, clean, draw, split, tokenize and mix (no cache)."""
     from datasets import Dataset
 
     clock = _Clock()
-    loaded = {name: load_source(settings, name) for name in SOURCES}
+    loaded = {name: load_source(settings, name, stop) for name in SOURCES}
     if all(ld.source.origin == "none" for ld in loaded.values()):
         raise DataError(
             "both R1FT_MATHCODEINSTRUCT_SOURCE and R1FT_SCIBENCH_SOURCE are 'none': nothing to train on"
@@ -151,7 +157,7 @@ def build(settings, tokenizer) -> PreparedData:
     pool, contaminated = guard_contamination(examples, test_keys)
     pool, duplicates = deduplicate(pool, settings.dedup)
     clock.lap("load_render_clean")
-    train_pairs, eval_pairs, lengths = draw_and_split(pool, settings, tokenizer)
+    train_pairs, eval_pairs, lengths = draw_and_split(pool, settings, tokenizer, stop)
     clock.lap("tokenize_split")
     train_rows = [_row(ex, tok) for ex, tok in train_pairs for _ in range(_repeat(ex, settings))]
     random.Random(settings.seed).shuffle(train_rows)

@@ -19,12 +19,15 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r1ft.data import render
 from r1ft.inputs import Source, builtin_dir, env_name, file_sha256, local_files, resolve_spec, source_kind
-from r1ft.records import BadRecord, DataError, read_records
+from r1ft.records import BadRecord, DataError, max_record_bytes, read_records
 from r1ft.tasks import scibench
+
+if TYPE_CHECKING:
+    from r1ft.machine.signals import StopFlag
 
 SOURCES = ("mathcodeinstruct", "scibench")
 # What to fetch from each Hub repo: MathCodeInstruct's `train_80k.jsonl` (or a parquet export), and
@@ -87,6 +90,7 @@ class Loaded:
     """One source after loading and rendering."""
 
     source: Source
+    max_record_bytes: int = 0  # records with more text are rejected unread (`r1ft.records.max_record_bytes`)
     shapes: set[str] = field(default_factory=set)
     records: int = 0
     solution_records: int = 0
@@ -133,13 +137,19 @@ def _count_bad(loaded: Loaded, path: Path, n: int, bad: BadRecord) -> None:
         )
 
 
-def load_source(settings, name: str) -> Loaded:
-    """Resolve, read and render one source; DataError on a wrong shape or too many bad records."""
-    loaded = Loaded(resolve(settings, name))
+STOP_EVERY = 256  # records between two looks at the stop flag
+
+
+def load_source(settings, name: str, stop: StopFlag | None = None) -> Loaded:
+    """Resolve, read and render one source; DataError on a wrong shape or too many bad records. A stop
+    (`stop.check()`, raising `Stopped`) is honoured between records."""
+    loaded = Loaded(resolve(settings, name), max_record_bytes=max_record_bytes(settings.max_seq_len))
     for path in loaded.source.files:
         shape = None
         is_test = name == "scibench" and not path.stem.endswith("_sol")
-        for n, record in read_records(path):
+        for n, record in read_records(path, loaded.max_record_bytes):
+            if stop is not None and loaded.records % STOP_EVERY == 0:
+                stop.check()
             loaded.records += 1
             if name == "scibench":
                 loaded.test_records += is_test

@@ -33,6 +33,7 @@ class SourceStats(_Stats):
     files: list[str] = Field(default_factory=list)
     shapes: list[str] = Field(default_factory=list)
     records: int = 0
+    max_record_bytes: int = 0  # records with more text were rejected before tokenization ("too_large")
     bad: dict[str, int] = Field(default_factory=dict)  # reason -> records skipped
     bad_fraction: float = 0.0
     bad_examples: list[str] = Field(default_factory=list)
@@ -113,6 +114,7 @@ def source_stats(
         **ld.source.describe(),
         "shapes": sorted(ld.shapes),
         "records": ld.records,
+        "max_record_bytes": ld.max_record_bytes,
         "bad": dict(ld.bad.most_common()),
         "bad_fraction": round(sum(ld.bad.values()) / ld.records, 6) if ld.records else 0.0,
         "bad_examples": ld.first_bad,

@@ -146,7 +146,10 @@ def run_model(
     stop,
     path: str,
 ) -> Answers:
-    """Load one model, answer, free it."""
+    """Load one model, answer, free it. Asked to stop already: nothing is loaded, nothing answered."""
+    if stop():
+        log.warning("eval: %s not evaluated: stopped by %s", path, stop())
+        return Answers({}, {}, EngineStats(requests=len(problems)), 0, budget_s, 0.0, path, stop())
     t0 = _clock()
     model, tokenizer = load()
     load_s = _clock() - t0

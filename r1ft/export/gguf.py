@@ -96,12 +96,17 @@ def export_gguf(
     out_dir: Path,
     types: list[str],
     on_file_ready: Callable[[Path], None] | None = None,
+    stop_check: Callable[[], None] | None = None,
+    on_result: Callable[[GgufResult], None] | None = None,
 ) -> list[GgufResult]:
     """Write, check and hand over one GGUF file per type, one file at a time.
 
     `on_file_ready(path)` is called for each checked file before the next one is written, so the caller
     can publish and delete it and never hold two GGUF files on disk. A file that fails the check is
-    deleted and its result carries `verified=False` and the reason.
+    deleted and its result carries `verified=False` and the reason. `stop_check` is called before each
+    tensor is written: the stop it raises (`r1ft.machine.signals.Stopped`) deletes the file being written
+    and leaves the finished ones. `on_result(result)` is called for every file's result as it comes (so
+    a stop later keeps the record of the files already made).
     """
 
     merged_dir, out_dir = Path(merged_dir), Path(out_dir)
@@ -118,21 +123,25 @@ def export_gguf(
     log.info("gguf: the merged model's reference log-probabilities in %.0f s", time.monotonic() - start)
     results = []
     for gguf_type in types:
-        result = _export_one(merged_dir, out_dir, gguf_type, ref)
+        result = _export_one(merged_dir, out_dir, gguf_type, ref, stop_check)
         results.append(result)
+        if on_result is not None:
+            on_result(result)
         if result.verified and on_file_ready is not None:
             on_file_ready(result.path)
     return results
 
 
-def _export_one(merged_dir: Path, out_dir: Path, gguf_type: str, ref) -> GgufResult:
+def _export_one(
+    merged_dir: Path, out_dir: Path, gguf_type: str, ref, stop_check: Callable[[], None] | None = None
+) -> GgufResult:
     """Write one file under a `.partial` name, check it in llama.cpp, then rename it (or delete it)."""
 
     final = out_dir / file_name(gguf_type)
     partial = final.with_name(final.name + ".partial")
     start = time.monotonic()
     try:
-        notes = write_gguf(merged_dir, partial, gguf_type)
+        notes = write_gguf(merged_dir, partial, gguf_type, stop_check)
         size, written = partial.stat().st_size, time.monotonic()
         log.info(
             "gguf %s: wrote %.2f GB in %.0f s; checking it in llama.cpp",
@@ -145,6 +154,9 @@ def _export_one(merged_dir: Path, out_dir: Path, gguf_type: str, ref) -> GgufRes
         log.exception("gguf %s: export failed", gguf_type)
         partial.unlink(missing_ok=True)
         return GgufResult(gguf_type, final, 0, time.monotonic() - start, False, None, f"export failed: {e!r}")
+    except BaseException:  # a stop between tensors (or Ctrl-C): no half-written file left behind
+        partial.unlink(missing_ok=True)
+        raise
     end = time.monotonic()
     log.info("gguf %s: %s (checked in %.0f s)", gguf_type, verdict.message, end - written)
     if not verdict.ok:
@@ -168,9 +180,11 @@ def _export_one(merged_dir: Path, out_dir: Path, gguf_type: str, ref) -> GgufRes
 # Writing
 
 
-def write_gguf(merged_dir: Path, path: Path, gguf_type: str) -> list[str]:
+def write_gguf(
+    merged_dir: Path, path: Path, gguf_type: str, stop_check: Callable[[], None] | None = None
+) -> list[str]:
     """Write the GGUF file of the merged model at `path`; returns notes (tensors that fell back to
-    another type because their rows do not fill the type's blocks)."""
+    another type because their rows do not fill the type's blocks). `stop_check()` runs before each tensor."""
     import gguf
 
     config = json.loads((merged_dir / "config.json").read_text(encoding="utf-8"))
@@ -186,6 +200,8 @@ def write_gguf(merged_dir: Path, path: Path, gguf_type: str) -> list[str]:
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for t in plan:
+            if stop_check is not None:
+                stop_check()
             writer.write_tensor_data(_convert(t, gguf_type))
     finally:
         writer.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import warnings
@@ -51,11 +52,24 @@ def _library_handlers_removed() -> None:
     hub.propagate = True
 
 
+class _JobLog(logging.FileHandler):
+    """The run's job.log. A write that fails (a full disk) detaches it with one line on stderr, instead of a
+    traceback for every later log line; the console keeps the whole log."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        logging.getLogger().removeHandler(self)
+        error = sys.exc_info()[1]
+        print(f"r1ft: {self.baseFilename} can no longer be written ({error}); logging to the console only",
+              file=sys.stderr)  # fmt: skip
+        with contextlib.suppress(OSError):
+            self.close()
+
+
 def attach_file_log(path: Path) -> None:
     root = logging.getLogger()
     for h in root.handlers:
         if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve():
             return
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _JobLog(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
     root.addHandler(handler)

@@ -1,6 +1,19 @@
-"""Graceful stop: SIGTERM (docker stop, Vast) and SIGINT ask training to save and stop at the next step.
+"""Graceful stop: SIGTERM (docker stop, Vast) and SIGINT ask the job to stop at the next safe point.
 
-A second signal of the same kind falls back to the default behaviour (the process ends at once).
+`StopFlag` is the job's one stop flag. The signal handlers (and the disk watchdog) set it; the pipeline tells
+it which stage runs (`enter`, called by `Job.step`), so it knows where a stop came. Each stage honours it
+between two units of work, never in the middle of one:
+
+- training: at the end of the optimizer step (a Trainer callback), then a checkpoint is saved;
+- data preparation: between records and between tokenization chunks;
+- evaluation: between decode steps (the engine's `should_stop`); what finished is scored, marked stopped;
+- GGUF export: between tensors (the file being written is deleted) and between files;
+- publishing: between files (only a stop that came during the publish: the publish after a stop is how
+  what exists gets delivered).
+
+A stage that stops raises `Stopped` (`stop.check()`). It is a BaseException, like KeyboardInterrupt, so the
+`except Exception` of a stage that keeps going after one bad item (a GGUF type, a publish retry) does not
+swallow it. A second signal of the same kind falls back to the default behaviour (the process ends at once).
 """
 
 from __future__ import annotations
@@ -16,17 +29,53 @@ log = logging.getLogger(__name__)
 EXIT_CODES = {"SIGTERM": ExitCode.SIGTERM, "SIGINT": ExitCode.SIGINT, "disk": ExitCode.DISK}
 
 
+class Stopped(BaseException):
+    """A stage stopped early because a stop was requested: why, and the stage the stop came in."""
+
+    def __init__(self, reason: str, stage: str):
+        super().__init__(f"stopped by {reason} during {stage or 'start-up'}")
+        self.reason, self.stage = reason, stage
+
+
 class StopFlag:
-    """Why the job was asked to stop ('' while it runs on). Set from signal handlers or the watchdog."""
+    """Why the job was asked to stop ('' while it runs on), and the stage that was running when it came.
+    Set from signal handlers or the disk watchdog."""
 
     def __init__(self) -> None:
         self.reason = ""
+        self.stage = ""  # the stage running when the stop was requested
+        self.running = ""  # the stage running now (`enter`)
         self._previous: dict[int, object] = {}
+
+    def enter(self, stage: str) -> None:
+        """The pipeline says which stage runs now (`Job.step` calls it)."""
+        self.running = stage
 
     def request(self, reason: str) -> None:
         if not self.reason:
-            self.reason = reason
-            log.warning("stop requested (%s): saving a checkpoint at the end of this step", reason)
+            self.reason, self.stage = reason, self.running
+            if self.running == "train":
+                log.warning("stop requested (%s): saving a checkpoint at the end of this step", reason)
+            else:
+                log.warning(
+                    "stop requested (%s) during %s: stopping at the next safe point, then publishing what "
+                    "exists",
+                    reason,
+                    self.running or "start-up",
+                )
+
+    def is_set(self) -> bool:
+        """Whether a stop was requested: the `should_stop` callable a long loop polls."""
+        return bool(self.reason)
+
+    def came_during(self, stage: str) -> bool:
+        """Whether the stop was requested while `stage` ran (the publish honours only those)."""
+        return bool(self.reason) and self.stage == stage
+
+    def check(self) -> None:
+        """Raise `Stopped` if a stop was requested: a stage calls this between two units of work."""
+        if self.reason:
+            raise Stopped(self.reason, self.stage)
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name

@@ -16,6 +16,7 @@ _HUB_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 _REVISION = re.compile(r"[A-Za-z0-9._/-]+")
 # S3 bucket names: 3-63 lowercase letters, digits, '.', '-'; starting and ending with a letter or digit.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP = re.compile(r"\d+\.\d+\.\d+\.\d+")  # S3 refuses bucket names formatted as IP addresses
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -62,14 +63,18 @@ def parse_location(uri: str) -> Location:
         return _s3(text)
     if text.startswith("file://"):
         parsed = urlparse(text)
-        host = "" if parsed.netloc in ("", "localhost") else parsed.netloc
-        path = unquote(host + parsed.path)
+        if parsed.netloc not in ("", "localhost"):  # file://host/path names another machine's file
+            raise LocationError(
+                f"{text!r} names the host {parsed.netloc!r}; a file:// location is on this machine: write "
+                "file:///absolute/path (three slashes) or a plain path"
+            )
+        path = unquote(parsed.path)
         if not path:
             raise LocationError(f"{text!r} names no directory; use file:///absolute/path or a plain path")
         return Location("local", path=Path(path))
     if _SCHEME.match(text):
         raise LocationError(f"unknown scheme in {text!r}; use hf://, s3://, file:// or a path")
-    return Location("local", path=Path(text))
+    return Location("local", path=Path(text).expanduser())
 
 
 def _hub(text: str) -> Location:
@@ -101,7 +106,7 @@ def _s3(text: str) -> Location:
     bucket, _, prefix = text[5:].partition("/")
     if not bucket:
         raise LocationError(f"{text!r} has no bucket; use s3://bucket/prefix")
-    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket or _IP.fullmatch(bucket):
         raise LocationError(
             f"{text!r}: {bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')"
         )

@@ -47,6 +47,7 @@ def publish_run(
     dest: Destination | None = None,
     retry: RetryPolicy = DEFAULT_RETRY,
     record: Callable[[PublishResult], None] | None = None,
+    stop_check: Callable[[], None] | None = None,
 ) -> PublishResult:
     """Publish the run directory's layout, write manifest.json last, commit, verify.
 
@@ -55,6 +56,8 @@ def publish_run(
     once every other file is staged, with the result this publish achieves if it verifies: it writes
     report.json and README.md (sent next) so that the published copies tell the truth about the publish.
     Raises PublishError (every output still in `run_dir`) when the transfer or the verification fails.
+    `stop_check` is called before each file: the stop it raises (`r1ft.machine.signals.Stopped`) leaves the
+    destination without a manifest, i.e. visibly incomplete, until a later publish completes it.
     """
     run_dir = Path(run_dir)
     if not run_files(run_dir):
@@ -73,6 +76,8 @@ def publish_run(
         if not dest.atomic:
             dest.delete([MANIFEST])  # an older publish's manifest must not vouch for files being replaced
         for rel in run_files(run_dir):
+            if stop_check is not None:
+                stop_check()
             if rel not in LAYOUT_FILES:
                 dest.stage_file(run_dir / rel, rel)
         if record is not None:

@@ -40,7 +40,7 @@ class ResumeRecord(Section):
 class Interruption(Section):
     reason: str  # SIGTERM, SIGINT, disk
     step: int = 0
-    stage: str = "train"  # the stage that was running when the stop came
+    stage: str = "train"  # the stage that was running when the stop came (data, train, gguf, publish...)
     checkpoint_pushed: bool = False
     at: str = ""
 
@@ -70,6 +70,9 @@ class History(Section):
 class TrainingRecord(Section):
     global_step: int = 0
     eval_loss_base: float | None = None  # the base model's eval loss at step 0
+    max_steps: int = 0  # the steps the run was to train (0: not recorded)
+    epoch: float | None = None  # epochs trained, fractional (the Trainer's metrics["epoch"] is the same)
+    epochs: float | None = None  # epochs the run was to train (from R1FT_MAX_STEPS when it is set)
     loss_by_step: dict[int, float] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)  # the Trainer's own metric names
     interrupted: str = ""

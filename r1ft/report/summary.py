@@ -64,8 +64,10 @@ def summary_lines(report: RunReport) -> list[str]:
         lines.append(f"ERROR: {report.error}")
     t = report.training
     if t is not None:
-        keys = ["train_loss", "eval_loss", "train_runtime", "epoch"]
-        lines.append(f"training: steps {t.global_step}; {_pairs(t.metrics, keys)}")
+        keys = ["train_loss", "eval_loss", "train_runtime"] + ([] if t.epochs else ["epoch"])
+        steps = f"{t.global_step} of {t.max_steps}" if t.max_steps else str(t.global_step)
+        epochs = f", epoch {t.epoch:g} of {t.epochs:g}" if t.epoch is not None and t.epochs else ""
+        lines.append(f"training: steps {steps}{epochs}; {_pairs(t.metrics, keys)}")
         if t.resumed_from:
             lines.append(f"  resumed from {t.resumed_from}")
         if t.interrupted:

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 class TrainResult:
     adapter_dir: Path
     global_step: int
+    max_steps: int = 0  # the steps the run was to train (the Trainer's, from max_steps or the epochs)
+    epoch: float = 0.0  # epochs trained so far (fractional)
+    epochs: float = 0.0  # epochs the run was to train
     interrupted: str = ""  # "", "SIGTERM", "SIGINT", "disk"
     resumed_from: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -154,6 +157,9 @@ def run_training(
     return TrainResult(
         adapter_dir=adapter_dir,
         global_step=trainer.state.global_step,
+        max_steps=trainer.state.max_steps,
+        epoch=round(float(trainer.state.epoch or 0.0), 4),
+        epochs=float(trainer.state.num_train_epochs),
         resumed_from=str(resume_from or ""),
         metrics=metrics,
         eval_loss_base=next(
