@@ -104,6 +104,7 @@ def test_collect_from_an_unreachable_hub_fails_within_seconds_with_a_clear_messa
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "R1FT_", "AWS_"))}
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_OFFLINE="0")
+    (tmp_path / "none.env").touch()  # an empty settings file: nothing from the caller's ./.env
     cmd = [sys.executable, "-m", "r1ft", "--env-file", str(tmp_path / "none.env"), "collect", "hf://someone/run",
            str(tmp_path / "got")]  # fmt: skip
     t0 = time.monotonic()

@@ -215,8 +215,8 @@ def _flip_tensor_bytes(path: Path, name: str) -> None:
 def test_corrupted_file_is_refused_and_not_handed_over(model, gguf_type, request, tmp_path, monkeypatch):
     write = ge.write_gguf
 
-    def write_then_corrupt(merged_dir, path, t):
-        notes = write(merged_dir, path, t)
+    def write_then_corrupt(merged_dir, path, t, stop_check=None):
+        notes = write(merged_dir, path, t, stop_check)
         _flip_tensor_bytes(path, "blk.1.attn_q.weight")
         return notes
 
@@ -233,8 +233,8 @@ def test_corrupted_file_is_refused_and_not_handed_over(model, gguf_type, request
 def test_truncated_file_is_refused_with_llama_cpps_reason(merged, tmp_path, monkeypatch):
     write = ge.write_gguf
 
-    def write_then_truncate(merged_dir, path, t):
-        notes = write(merged_dir, path, t)
+    def write_then_truncate(merged_dir, path, t, stop_check=None):
+        notes = write(merged_dir, path, t, stop_check)
         with open(path, "r+b") as fh:
             fh.truncate(path.stat().st_size // 2)
         return notes

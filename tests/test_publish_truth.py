@@ -123,6 +123,7 @@ def test_a_later_publish_rewrites_the_state_locally_and_at_the_destination(repub
 
 def test_collect_summary_of_the_republished_run_says_verified(republished, tmp_path):
     tmp, _ = republished
+    (tmp_path / "none.env").touch()  # an empty settings file: nothing from the caller's ./.env
     collect = [sys.executable, str(REPO / "scripts" / "collect"), "--env-file", str(tmp_path / "none.env")]
     got = subprocess.run([*collect, str(published_dir(tmp)), str(tmp_path / "got")], capture_output=True,
                          text=True, timeout=120, env=job_env(tmp_path))  # fmt: skip
