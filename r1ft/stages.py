@@ -39,7 +39,7 @@ from r1ft.report.schema import (
 from r1ft.tasks import heldout, math500, scibench
 from r1ft.tasks.problem import Benchmark
 from r1ft.training import distributed
-from r1ft.training.train import run_training
+from r1ft.training.train import finished_run, run_training
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,8 @@ def train_adapter(
         )
         _record_resume(job, start)
     job.pusher = pusher.CheckpointPusher(s, job.run_dir, s.push_checkpoint_every)
+    if start.source == "destination":  # just fetched from there: pushing it back would only cost time
+        job.pusher.pushed_step = start.step
     callbacks = [
         markers.completion_callback({"run_id": job.run_id, "identity": identity(job, plan.recipe)}),
         trainer_callback(watchdog, stop),
@@ -175,7 +177,14 @@ def train_adapter(
         distributed.stop_agreement_callback(stop),  # last: every rank stops at the same step
     ]
     with job.step("train"):
-        result = run_training(
+        done = finished_run(start.checkpoint, job.run_dir, tokenizer, job.main) if start.checkpoint else None
+        if done is not None:
+            log.info("training already ended at step %d (%s): its adapter is used as it is", done.global_step,
+                     start.checkpoint.name)  # fmt: skip
+            earlier = previous_training(job)  # the ended process's training time and mean loss
+            if earlier is not None and earlier.global_step == done.global_step:
+                done.metrics = {**earlier.metrics, **done.metrics}
+        result = done or run_training(
             s,
             job.run_dir,
             job.base,
@@ -205,12 +214,17 @@ def train_adapter(
 
 def previous_base(job: Job) -> float | None:
     """The base model's step-0 eval loss measured by an earlier process of this run (a resumed run)."""
+    earlier = previous_training(job)
+    return earlier.eval_loss_base if earlier else None
+
+
+def previous_training(job: Job) -> TrainingRecord | None:
+    """The training record of an earlier process of this run (its report.json, local or fetched back)."""
     path = job.run_dir / "report.json"
     try:
-        earlier = RunReport.load(path).training if path.is_file() else None
+        return RunReport.load(path).training if path.is_file() else None
     except ValueError:
         return None
-    return earlier.eval_loss_base if earlier else None
 
 
 def _record_resume(job: Job, start: resume.ResumePoint) -> None:

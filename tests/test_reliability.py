@@ -238,6 +238,24 @@ def test_sigterm_during_evaluation_ends_generation_within_seconds_and_publishes(
     assert (pub / "manifest.json").is_file() and (pub / "merged").is_dir()
     assert not (pub / "gguf").exists() and report["gguf"] == []  # what was left is skipped
     assert "A stop request (SIGTERM) ended it early." in (pub / "README.md").read_text()
+    assert result.output.count("train: step 12/12, eval_loss") == 1  # step 12 was an eval step: not twice
+
+    # The rerun: training had ended, so the last checkpoint's adapter is used as it is. A Trainer resumed at
+    # its last step would train a 13th step (transformers 5.24) and load the model to train for nothing.
+    run_dir, first = run_dir_of(tmp_path), report["training"]
+    last = (run_dir / "checkpoints" / "checkpoint-12" / "adapter_model.safetensors").read_bytes()
+    again = run_job(job_env(tmp_path, R1FT_GGUF="f16"), tmp_path)
+    assert again.rc == 0, again.output[-3000:]
+    assert "training already ended at step 12 (checkpoint-12): its adapter is used as it is" in again.output
+    assert "train: step 13" not in again.output and not (run_dir / "checkpoints" / "checkpoint-13").exists()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == last
+    report = report_of(tmp_path)
+    assert report["training"]["global_step"] == report["training"]["max_steps"] == 12
+    for key in ("train_loss", "train_runtime", "eval_loss"):  # the ended process's figures are kept
+        assert report["training"]["metrics"][key] == first["metrics"][key]
+    assert report["training"]["eval_loss_base"] == first["eval_loss_base"] is not None
+    assert report["evaluation"]["models"]["finetuned"]["load_s"] > 0  # this time both models are evaluated
+    assert report["publish"]["verified"] and (pub / "gguf").is_dir()
 
 
 SLOW_PUBLISH = """

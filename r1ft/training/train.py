@@ -7,7 +7,9 @@ uses our labels as they are: loss on the completion only, its EOS included, one 
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -151,9 +153,11 @@ def run_training(
             tokenizer.save_pretrained(str(adapter_dir))
         metrics = dict(out.metrics)
         stopped = stop_flag is not None and stop_flag.reason
-        if trainer.eval_dataset is not None and not stopped:
-            final_eval = trainer.evaluate()
-            metrics.update(final_eval)
+        last = _eval_at(trainer.state.log_history, trainer.state.global_step)
+        if last is not None:  # the last step was an evaluation step: the same loss again would cost its time
+            metrics.update(last)
+        elif trainer.eval_dataset is not None and not stopped:
+            metrics.update(trainer.evaluate())
     return TrainResult(
         adapter_dir=adapter_dir,
         global_step=trainer.state.global_step,
@@ -162,12 +166,71 @@ def run_training(
         epochs=float(trainer.state.num_train_epochs),
         resumed_from=str(resume_from or ""),
         metrics=metrics,
-        eval_loss_base=next(
-            (h["eval_loss"] for h in trainer.state.log_history if h.get("step") == 0 and "eval_loss" in h),
-            None,
-        ),
+        eval_loss_base=_base_eval_loss(trainer.state.log_history),
         log_history=list(trainer.state.log_history),
     )
+
+
+def finished_run(checkpoint: Path, run_dir: Path, tokenizer, main: bool = True) -> TrainResult | None:
+    """The run's result when `checkpoint` is its last step (training ended, and a later stage was interrupted),
+    with the adapter copied from it to run_dir/adapter (by the main process); None while steps remain. Every
+    process decides alike, from the same file.
+
+    Resuming the Trainer there is wrong as well as slow: transformers 5.24's loop checks for the end after
+    each step, so a Trainer resumed at max_steps trains one step past it (checkpoint-11 of a 10-step run);
+    and the base model would be loaded (and compiled, about 2 min) for nothing. The checkpoint's settings
+    were checked against this job's before (`check_resume_identity`), so its max_steps is this run's."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    step, max_steps = int(state.get("global_step", 0)), int(state.get("max_steps", 0))
+    if max_steps <= 0 or step < max_steps:
+        return None
+    adapter_dir = run_dir / "adapter"
+    if main:
+        _copy_adapter(checkpoint, adapter_dir, tokenizer)
+    history = list(state.get("log_history", []))
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        global_step=step,
+        max_steps=max_steps,
+        epoch=round(float(state.get("epoch") or 0.0), 4),
+        epochs=float(state.get("num_train_epochs") or 0.0),
+        resumed_from=str(checkpoint),
+        metrics=_eval_at(history, step) or {},
+        eval_loss_base=_base_eval_loss(history),
+        log_history=history,
+    )
+
+
+def _copy_adapter(checkpoint: Path, adapter_dir: Path, tokenizer) -> None:
+    """The checkpoint's adapter as `trainer.model.save_pretrained` would write it, with the tokenizer;
+    staged beside, so an interrupted copy never leaves a half adapter."""
+    if not (checkpoint / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(f"{checkpoint} holds no adapter_model.safetensors")
+    staging = adapter_dir.with_name(adapter_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+        if (checkpoint / name).is_file():
+            shutil.copy2(checkpoint / name, staging / name)
+    tokenizer.save_pretrained(str(staging))
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    staging.replace(adapter_dir)
+
+
+def _base_eval_loss(history: list[dict[str, Any]]) -> float | None:
+    """The eval loss at step 0 (the base model's), when this run measured it."""
+    return next((h["eval_loss"] for h in history if h.get("step") == 0 and "eval_loss" in h), None)
+
+
+def _eval_at(history: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
+    """The eval metrics logged at `step`, if an evaluation ran there."""
+    for entry in reversed(history):
+        if entry.get("step") == step and "eval_loss" in entry:
+            return {k: v for k, v in entry.items() if k.startswith("eval_")}
+    return None
 
 
 def log_callback():
