@@ -67,6 +67,7 @@ class Settings(BaseSettings):
         case_sensitive=False,
         populate_by_name=True,
         env_ignore_empty=True,  # VAR= (as docker --env-file writes an unset value) means unset
+        allow_inf_nan=False,  # R1FT_EPOCHS=inf would pass gt=0 and break the plan's arithmetic
     )
 
     # --- job -------------------------------------------------------------------------------------

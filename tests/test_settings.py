@@ -60,6 +60,9 @@ def test_issue_example_names_all_three_problems():
         ({"R1FT_BASE_MODEL": "justaname"}, "Hub id"),
         ({"R1FT_MATHCODEINSTRUCT_SOURCE": "/no/such/file.jsonl"}, "R1FT_MATHCODEINSTRUCT_SOURCE"),
         ({"R1FT_SCIBENCH_SOURCE": "./missing/*.json"}, "R1FT_SCIBENCH_SOURCE"),
+        ({"R1FT_EPOCHS": "inf"}, "R1FT_EPOCHS"),
+        ({"R1FT_DISK_BUDGET_GB": "Infinity"}, "finite"),
+        ({"R1FT_GPU_HOURLY_USD": "nan"}, "R1FT_GPU_HOURLY_USD"),
     ],
 )
 def test_bad_values_say_what_to_fix(env, needle):
