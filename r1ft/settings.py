@@ -276,7 +276,8 @@ class Settings(BaseSettings):
     @classmethod
     def _gguf_types(cls, v: str) -> str:
 
-        types = [t.strip().lower() for t in v.split(",") if t.strip()]
+        # A type named twice is exported once (twice would write, check and record the same file again).
+        types = list(dict.fromkeys(t.strip().lower() for t in v.split(",") if t.strip()))
         bad = [t for t in types if t not in SUPPORTED_GGUF_TYPES]
         if bad:
             raise ValueError(f"unknown GGUF type(s) {bad}; choose from {sorted(SUPPORTED_GGUF_TYPES)}")

@@ -69,6 +69,11 @@ def test_bad_values_say_what_to_fix(env, needle):
     assert any(needle in p for p in problems(env))
 
 
+def test_gguf_type_named_twice_is_exported_once():
+    s = load_settings({"R1FT_GGUF": "q8_0, Q4_K_M,q8_0,,q4_k_m"}, env_file=None)
+    assert s.gguf_types == ["q8_0", "q4_k_m"]
+
+
 def test_unknown_names_suggest_the_closest():
     (line,) = unknown_names({"R1FT_LORA_RANK": "8", "PATH": "/bin"})
     assert "R1FT_LORA_RANK" in line and "R1FT_LORA_R" in line
