@@ -163,7 +163,9 @@ class Settings(BaseSettings):
         description="regional torch.compile of the decoder layers (auto: on a GPU of 60 GB or more; "
         "about 2 min of compilation first)",
     )
-    seed: int = Field(42, description="seed for data order, split and initialisation")
+    seed: int = Field(
+        42, ge=0, lt=2**32, description="seed for data order, split and initialisation (0 to 4294967295)"
+    )  # the range numpy's seed takes (transformers' set_seed at training start refuses any other)
     save_steps: int = Field(
         200,
         gt=0,
