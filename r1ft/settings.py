@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import io
 import json
 import os
 import re
@@ -378,11 +379,30 @@ class _PresetSource(PydanticBaseSettingsSource):
         return dict(PRESETS.get(preset, {}))
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """The `.env` file's variables (python-dotenv's parser, as pydantic-settings uses it)."""
+def read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
+    """The `.env` file's variables (python-dotenv's parser, as pydantic-settings uses it), and as problems
+    what python-dotenv skips with only a warning: a file that is not UTF-8, a line it cannot parse (whose
+    setting would silently keep its default), named by number and variable, never by value (a secret)."""
     from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
 
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        return {}, [f"env file {path}: not UTF-8 text (byte {e.start}); save it as UTF-8"]
+    problems = [
+        f"env file {path} line {b.original.line} ({_line_name(b.original.string)}): cannot be parsed (an "
+        "unclosed quote, or no '='?), so it would be ignored: write NAME=value"
+        for b in parse_stream(io.StringIO(text))
+        if b.error
+    ]
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}, problems
+
+
+def _line_name(line: str) -> str:
+    """The variable a `.env` line sets, when what precedes its '=' is a name; '?' otherwise (no value shown)."""
+    name = line.split("=", 1)[0].strip().removeprefix("export ").strip()
+    return name if re.fullmatch(r"[A-Za-z_]\w*", name) else "?"
 
 
 def unknown_names(env: Mapping[str, str]) -> list[str]:
@@ -442,7 +462,7 @@ def load_settings(
     file_values: dict[str, str] = {}
     if env_file is not None:
         if Path(env_file).is_file():
-            file_values = read_env_file(Path(env_file))
+            file_values, problems = read_env_file(Path(env_file))
         elif env_file_required:
             problems.append(f"--env-file {env_file}: no such file; fix the path (or leave --env-file out)")
     problems += unknown_names({**file_values, **env})

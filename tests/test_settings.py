@@ -88,6 +88,31 @@ def test_env_file_is_read_and_process_env_wins(tmp_path):
     assert s.lora_r == 8 and s.seed == 9
 
 
+def test_env_file_line_that_cannot_be_parsed_is_a_problem_not_a_silent_default(tmp_path):
+    f = tmp_path / ".env"
+    f.write_text(
+        "R1FT_LORA_R=\"8\nHF_TOKEN='hf_SECRET123\nmy token hf_SECRET456\nR1FT_SEED=7\nR1FT_EPOCHS=-1\n"
+    )
+    found = problems_with_file(f)
+    text = "\n".join(found)
+    assert "line 1 (R1FT_LORA_R)" in text and "line 2 (HF_TOKEN)" in text
+    assert "R1FT_EPOCHS" in text  # the rest of the file is still checked, every problem at once
+    assert "line 3 (?)" in text and "SECRET" not in text
+
+
+def test_env_file_not_utf8_is_a_problem(tmp_path):
+    f = tmp_path / ".env"
+    f.write_bytes(b"R1FT_LORA_R=8\nR1FT_RUN_ID=caf\xe9\n")
+    (line,) = problems_with_file(f)
+    assert "not UTF-8" in line
+
+
+def problems_with_file(f: Path) -> list[str]:
+    with pytest.raises(SettingsError) as err:
+        load_settings({}, env_file=f, env_file_required=True)
+    return err.value.problems
+
+
 def test_secrets_never_in_repr_or_public_dict():
     env = {"HF_TOKEN": "hf_SECRET123", "AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": "awsSECRET456",
            "CONTAINER_API_KEY": "vastSECRET789", "R1FT_OUTPUT": "hf://me/model"}  # fmt: skip
