@@ -63,6 +63,7 @@ def test_issue_example_names_all_three_problems():
         ({"R1FT_EPOCHS": "inf"}, "R1FT_EPOCHS"),
         ({"R1FT_DISK_BUDGET_GB": "Infinity"}, "finite"),
         ({"R1FT_GPU_HOURLY_USD": "nan"}, "R1FT_GPU_HOURLY_USD"),
+        ({"R1FT_OUTPUT": "hf:/someone/model", "HF_TOKEN": "x"}, "hf://someone/model"),
         ({"R1FT_SEED": "-1"}, "R1FT_SEED"),
         ({"R1FT_SEED": str(2**32)}, "R1FT_SEED"),
     ],
