@@ -21,9 +21,9 @@ import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -83,7 +83,7 @@ class Settings(BaseSettings):
         description="where results go: hf://owner/name[@revision], s3://bucket/prefix, a path or file:// URI "
         "(empty: runs/<run id>)",
     )
-    work_dir: Path = Field(
+    work_dir: Annotated[Path, AfterValidator(Path.expanduser)] = Field(  # ~/x is $HOME/x, not ./~/x
         Path("work"), description="the one directory the job writes (caches, data, checkpoints, outputs)"
     )
     run_id: str = Field("", description="run name; empty: derived from the settings and data (resume key)")

@@ -77,6 +77,12 @@ def test_gguf_type_named_twice_is_exported_once():
     assert s.gguf_types == ["q8_0", "q4_k_m"]
 
 
+def test_work_dir_with_a_tilde_is_under_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    s = load_settings({"R1FT_WORK_DIR": "~/wd"}, env_file=None)
+    assert s.work_dir == tmp_path / "home" / "wd"  # every stage writes there, not to ./~/wd
+
+
 def test_unknown_names_suggest_the_closest():
     (line,) = unknown_names({"R1FT_LORA_RANK": "8", "PATH": "/bin"})
     assert "R1FT_LORA_RANK" in line and "R1FT_LORA_R" in line
