@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="prepare the training data and print it or its statistics", epilog=EPILOG)
     d.add_argument("--json", action="store_true", help="one JSON object a line: source, text, loss_text")
     d.add_argument("--split", choices=["train", "eval"], default="train")
-    d.add_argument("--limit", type=int, default=0, help="at most N examples (0: all)")
+    d.add_argument("--limit", type=_count, default=0, help="at most N examples (0: all)")
     d.add_argument("--stats", action="store_true", help="print a JSON summary of the prepared data")
     d.set_defaults(func=cmd_data)
 
@@ -77,6 +77,17 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_arguments(b)
     b.set_defaults(func=cmd_bench)
     return p
+
+
+def _count(text: str) -> int:
+    """A whole number >= 0 (argparse exits 2 on anything else: --limit -5 printed nothing and exited 0)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import io
 import json
 import os
 import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -67,6 +68,7 @@ class Settings(BaseSettings):
         case_sensitive=False,
         populate_by_name=True,
         env_ignore_empty=True,  # VAR= (as docker --env-file writes an unset value) means unset
+        allow_inf_nan=False,  # R1FT_EPOCHS=inf would pass gt=0 and break the plan's arithmetic
     )
 
     # --- job -------------------------------------------------------------------------------------
@@ -81,7 +83,7 @@ class Settings(BaseSettings):
         description="where results go: hf://owner/name[@revision], s3://bucket/prefix, a path or file:// URI "
         "(empty: runs/<run id>)",
     )
-    work_dir: Path = Field(
+    work_dir: Annotated[Path, AfterValidator(Path.expanduser)] = Field(  # ~/x is $HOME/x, not ./~/x
         Path("work"), description="the one directory the job writes (caches, data, checkpoints, outputs)"
     )
     run_id: str = Field("", description="run name; empty: derived from the settings and data (resume key)")
@@ -162,7 +164,9 @@ class Settings(BaseSettings):
         description="regional torch.compile of the decoder layers (auto: on a GPU of 60 GB or more; "
         "about 2 min of compilation first)",
     )
-    seed: int = Field(42, description="seed for data order, split and initialisation")
+    seed: int = Field(
+        42, ge=0, lt=2**32, description="seed for data order, split and initialisation (0 to 4294967295)"
+    )  # the range numpy's seed takes (transformers' set_seed at training start refuses any other)
     save_steps: int = Field(
         200,
         gt=0,
@@ -275,7 +279,8 @@ class Settings(BaseSettings):
     @classmethod
     def _gguf_types(cls, v: str) -> str:
 
-        types = [t.strip().lower() for t in v.split(",") if t.strip()]
+        # A type named twice is exported once (twice would write, check and record the same file again).
+        types = list(dict.fromkeys(t.strip().lower() for t in v.split(",") if t.strip()))
         bad = [t for t in types if t not in SUPPORTED_GGUF_TYPES]
         if bad:
             raise ValueError(f"unknown GGUF type(s) {bad}; choose from {sorted(SUPPORTED_GGUF_TYPES)}")
@@ -374,11 +379,30 @@ class _PresetSource(PydanticBaseSettingsSource):
         return dict(PRESETS.get(preset, {}))
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """The `.env` file's variables (python-dotenv's parser, as pydantic-settings uses it)."""
+def read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
+    """The `.env` file's variables (python-dotenv's parser, as pydantic-settings uses it), and as problems
+    what python-dotenv skips with only a warning: a file that is not UTF-8, a line it cannot parse (whose
+    setting would silently keep its default), named by number and variable, never by value (a secret)."""
     from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
 
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        return {}, [f"env file {path}: not UTF-8 text (byte {e.start}); save it as UTF-8"]
+    problems = [
+        f"env file {path} line {b.original.line} ({_line_name(b.original.string)}): cannot be parsed (an "
+        "unclosed quote, or no '='?), so it would be ignored: write NAME=value"
+        for b in parse_stream(io.StringIO(text))
+        if b.error
+    ]
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}, problems
+
+
+def _line_name(line: str) -> str:
+    """The variable a `.env` line sets, when what precedes its '=' is a name; '?' otherwise (no value shown)."""
+    name = line.split("=", 1)[0].strip().removeprefix("export ").strip()
+    return name if re.fullmatch(r"[A-Za-z_]\w*", name) else "?"
 
 
 def unknown_names(env: Mapping[str, str]) -> list[str]:
@@ -438,7 +462,7 @@ def load_settings(
     file_values: dict[str, str] = {}
     if env_file is not None:
         if Path(env_file).is_file():
-            file_values = read_env_file(Path(env_file))
+            file_values, problems = read_env_file(Path(env_file))
         elif env_file_required:
             problems.append(f"--env-file {env_file}: no such file; fix the path (or leave --env-file out)")
     problems += unknown_names({**file_values, **env})

@@ -44,6 +44,11 @@ def cross_checks(s: Settings) -> list[str]:
     if problem:
         problems.append(problem)
     problems += _location_problems(s)
+    if all(v.strip().lower() in ("", "none") for v in (s.mathcodeinstruct_source, s.scibench_source)):
+        problems.append(  # as `r1ft.inputs.source_kind` reads them; found here, not after the model's download
+            "R1FT_MATHCODEINSTRUCT_SOURCE and R1FT_SCIBENCH_SOURCE are both 'none': nothing to train on; "
+            "set one of them"
+        )
     problems += _name_problems(s)
     problems += work_dir_problems(s.work_dir)
     context = model_context(s)

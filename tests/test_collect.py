@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,16 @@ def test_collect_fetches_verifies_and_summarises(tmp_path):
     assert "training: steps 4218; train_loss 0.4123, eval_loss 0.4567" in out
     assert "  scibench-test                20.0% of 200 [15%, 26%] -> 30.0% of 200 [24%, 37%]" in out
     assert "timings (s): train 3600, evaluate 600; total 4200" in out
+
+
+def test_collect_without_an_env_file_takes_credentials_from_the_environment(tmp_path):
+    """No ./.env and no --env-file (credentials in the environment): the collect runs."""
+    src = publish_by_hand(tmp_path / "published", {"report.json": json.dumps(REPORT).encode()})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R1FT_", "HF_TOKEN", "AWS_"))}
+    cmd = [sys.executable, str(SCRIPT), str(src), str(tmp_path / "results")]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "results" / "report.json").is_file() and "run r1ft-full-0123456789" in result.stdout
 
 
 def test_a_damaged_file_fails_the_collect_with_r1fts_exit_code(tmp_path):

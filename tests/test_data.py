@@ -17,7 +17,7 @@ from r1ft.data.sources import builtin_files
 from r1ft.data.stats import DataStats
 from r1ft.inputs import builtin_dir
 from r1ft.records import normalise_problem, read_records
-from r1ft.settings import load_settings
+from r1ft.settings import SettingsError, load_settings
 
 
 def make_settings(tmp_path: Path, **values):
@@ -489,7 +489,7 @@ def test_scibench_single_sol_file_and_none(tmp_path, tiny_tokenizer):
     )
     assert p.stats.model_dump()["sources"]["scibench"]["records"] == 2 and p.scibench_test == []
     assert p.stats.model_dump()["sources"]["mathcodeinstruct"]["origin"] == "none"
-    with pytest.raises(data.DataError, match="nothing to train on"):
+    with pytest.raises(SettingsError, match="nothing to train on"):  # refused with the settings, up front
         prepare(tmp_path / "n", tiny_tokenizer, mathcodeinstruct_source="none", scibench_source="none")
 
 

@@ -138,6 +138,13 @@ def test_merged_safetensors_are_bf16(smoke):
     assert dtypes == {"BF16"}
 
 
+def test_data_limit_below_zero_is_refused(tmp_path):
+    result = run_job(job_env(tmp_path), tmp_path, "data", "--limit", "-5")
+    assert (
+        result.rc == 2 and "--limit" in result.output and "'-5' is not a whole number >= 0" in result.output
+    )
+
+
 def test_data_command_prints_rendered_examples_and_stats(smoke):
     tmp, _ = smoke
     env = job_env(tmp)

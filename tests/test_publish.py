@@ -103,7 +103,8 @@ def test_parse_location():
     assert parse_location("out/dir") == Location("local", path=Path("out/dir"))
     assert parse_location("s3://bucket/a/b/").uri == "s3://bucket/a/b" and parse_location("hf://me/m").remote
     bad = ("gs://bucket/x", "hf://nobody", "s3:///x", "", "file://", "hf://a/b@", "s3://bucket/../x",
-           "s3://bucket/a//b", "hf://a/b@dev..x", "s3://Bad_Bucket/x", "hf://a--b/c")  # fmt: skip
+           "s3://bucket/a//b", "hf://a/b@dev..x", "s3://Bad_Bucket/x", "hf://a--b/c", "hf:/me/model",
+           "s3:/bucket/x", "hf:me/model", "file:/data/out")  # fmt: skip
     for uri in bad:
         with pytest.raises(LocationError):
             parse_location(uri)

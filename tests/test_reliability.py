@@ -167,6 +167,16 @@ def test_publish_and_merge_on_a_run_killed_before_its_report_say_how_to_resume(i
         assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("text", ["[]", '{"schema_version": "2"}'])
+def test_stage_command_on_a_report_that_is_not_a_report_says_so(tmp_path, text):
+    run_dir = tmp_path / "work" / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "report.json").write_text(text)
+    result = run_job(job_env(tmp_path), tmp_path, "publish", "--run-dir", str(run_dir))
+    assert result.rc == 2, result.output[-2000:]
+    assert "is not a readable r1ft report" in result.output and "Traceback" not in result.output
+
+
 # --- 6. every stage honours a stop -----------------------------------------------------------------------
 
 

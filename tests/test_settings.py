@@ -60,10 +60,27 @@ def test_issue_example_names_all_three_problems():
         ({"R1FT_BASE_MODEL": "justaname"}, "Hub id"),
         ({"R1FT_MATHCODEINSTRUCT_SOURCE": "/no/such/file.jsonl"}, "R1FT_MATHCODEINSTRUCT_SOURCE"),
         ({"R1FT_SCIBENCH_SOURCE": "./missing/*.json"}, "R1FT_SCIBENCH_SOURCE"),
+        ({"R1FT_EPOCHS": "inf"}, "R1FT_EPOCHS"),
+        ({"R1FT_DISK_BUDGET_GB": "Infinity"}, "finite"),
+        ({"R1FT_GPU_HOURLY_USD": "nan"}, "R1FT_GPU_HOURLY_USD"),
+        ({"R1FT_OUTPUT": "hf:/someone/model", "HF_TOKEN": "x"}, "hf://someone/model"),
+        ({"R1FT_SEED": "-1"}, "R1FT_SEED"),
+        ({"R1FT_SEED": str(2**32)}, "R1FT_SEED"),
     ],
 )
 def test_bad_values_say_what_to_fix(env, needle):
     assert any(needle in p for p in problems(env))
+
+
+def test_gguf_type_named_twice_is_exported_once():
+    s = load_settings({"R1FT_GGUF": "q8_0, Q4_K_M,q8_0,,q4_k_m"}, env_file=None)
+    assert s.gguf_types == ["q8_0", "q4_k_m"]
+
+
+def test_work_dir_with_a_tilde_is_under_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    s = load_settings({"R1FT_WORK_DIR": "~/wd"}, env_file=None)
+    assert s.work_dir == tmp_path / "home" / "wd"  # every stage writes there, not to ./~/wd
 
 
 def test_unknown_names_suggest_the_closest():
@@ -76,6 +93,31 @@ def test_env_file_is_read_and_process_env_wins(tmp_path):
     f.write_text("R1FT_LORA_R=8\nR1FT_SEED=7\n# comment\n")
     s = load_settings({"R1FT_SEED": "9"}, env_file=f)
     assert s.lora_r == 8 and s.seed == 9
+
+
+def test_env_file_line_that_cannot_be_parsed_is_a_problem_not_a_silent_default(tmp_path):
+    f = tmp_path / ".env"
+    f.write_text(
+        "R1FT_LORA_R=\"8\nHF_TOKEN='hf_SECRET123\nmy token hf_SECRET456\nR1FT_SEED=7\nR1FT_EPOCHS=-1\n"
+    )
+    found = problems_with_file(f)
+    text = "\n".join(found)
+    assert "line 1 (R1FT_LORA_R)" in text and "line 2 (HF_TOKEN)" in text
+    assert "R1FT_EPOCHS" in text  # the rest of the file is still checked, every problem at once
+    assert "line 3 (?)" in text and "SECRET" not in text
+
+
+def test_env_file_not_utf8_is_a_problem(tmp_path):
+    f = tmp_path / ".env"
+    f.write_bytes(b"R1FT_LORA_R=8\nR1FT_RUN_ID=caf\xe9\n")
+    (line,) = problems_with_file(f)
+    assert "not UTF-8" in line
+
+
+def problems_with_file(f: Path) -> list[str]:
+    with pytest.raises(SettingsError) as err:
+        load_settings({}, env_file=f, env_file_required=True)
+    return err.value.problems
 
 
 def test_secrets_never_in_repr_or_public_dict():

@@ -157,6 +157,16 @@ def test_inconsistent_batch_settings_are_errors(env, needle):
     assert needle in problems(env)
 
 
+def test_both_training_sources_none_is_refused_with_the_settings():
+    text = problems(
+        {"R1FT_PRESET": "smoke", "R1FT_MATHCODEINSTRUCT_SOURCE": "none", "R1FT_SCIBENCH_SOURCE": "None"}
+    )
+    assert "nothing to train on" in text
+    load_settings(
+        {"R1FT_PRESET": "smoke", "R1FT_MATHCODEINSTRUCT_SOURCE": "none"}, env_file=None
+    )  # one is fine
+
+
 def test_the_recipe_checks_the_batch_once_the_processes_are_known():
     s = load_settings({"R1FT_BATCH_SIZE": "4"}, env_file=None)  # fine on one process (4 x 4)
     assert batch_layout(s, 1) == Layout(4, 4, 1) and batch_layout(s, 2) == Layout(4, 2, 2)

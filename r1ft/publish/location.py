@@ -18,6 +18,8 @@ _REVISION = re.compile(r"[A-Za-z0-9._/-]+")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IP = re.compile(r"\d+\.\d+\.\d+\.\d+")  # S3 refuses bucket names formatted as IP addresses
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# hf:/x, s3:bucket/x, file:/x: one of ours missing a slash, which would otherwise be a local directory
+_NEAR_SCHEME = re.compile(r"^(hf|s3|file):(?!//)", re.IGNORECASE)
 
 
 class LocationError(ValueError):
@@ -74,6 +76,13 @@ def parse_location(uri: str) -> Location:
         return Location("local", path=Path(path))
     if _SCHEME.match(text):
         raise LocationError(f"unknown scheme in {text!r}; use hf://, s3://, file:// or a path")
+    near = _NEAR_SCHEME.match(text)
+    if near:
+        scheme = near.group(1).lower()
+        raise LocationError(
+            f"{text!r} is not a {scheme}:// location (it would be a local directory named so): write "
+            f"{scheme}://{text[near.end() :].lstrip('/')}"
+        )
     return Location("local", path=Path(text).expanduser())
 
 

@@ -162,7 +162,10 @@ class RunReport(Section):
     def load(cls, path: Path) -> RunReport:
         """A report.json as written by this or an earlier r1ft (sections it lacks stay empty)."""
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        data.setdefault("schema_version", 1)
+        if not isinstance(data, dict) or not isinstance(data.setdefault("schema_version", 1), int):
+            raise ValueError(
+                "not a JSON object with a whole-number schema_version"
+            )  # a ValueError: callers say so
         if data["schema_version"] < 2:  # version 1 had no recipe section (training_choices, flat plan)
             data.pop("training_choices", None)
             data.pop("plan", None)
