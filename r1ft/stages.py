@@ -5,10 +5,12 @@ finished run. Getting the run to the user (preflight, publish, the ends after a 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from r1ft import validation
 from r1ft.checkpoints import markers, pusher, resume
 from r1ft.checkpoints.watchdog import DiskWatchdog, trainer_callback
 from r1ft.data import prepare
@@ -96,9 +98,24 @@ def watch_disk(job: Job, plan: Plan) -> Iterator[DiskWatchdog]:
 
 # --- model and data -----------------------------------------------------------------------------------
 def fetch_base(job: Job) -> Path:
+    """The base model's files; a Hub model whose config was not known before the download is checked now
+    (context length, LoRA targets), before any training: exit 2 with the fix."""
     with job.step("base model"):
         job.base = fetch_base_model(job.settings)
+    if validation.known_base_config(job.settings) is None:
+        problems = validation.base_model_problems(job.settings, _config_of(job.base))
+        if problems:
+            raise JobError("these settings do not fit the base model:\n  " + "\n  ".join(problems),
+                           ExitCode.SETTINGS)  # fmt: skip
     return job.base
+
+
+def _config_of(base: Path) -> dict:
+    try:
+        config = json.loads((Path(base) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # loading the model says what is wrong with it
+    return config if isinstance(config, dict) else {}
 
 
 def load_tokenizer(base: Path):

@@ -51,9 +51,9 @@ def cross_checks(s: Settings) -> list[str]:
         )
     problems += _name_problems(s)
     problems += work_dir_problems(s.work_dir)
-    context = model_context(s)
-    if context is not None:
-        problems += context_problems(s, context)
+    config = known_base_config(s)
+    if config is not None:
+        problems += base_model_problems(s, config)
     if s.is_tiny and s.quant == "nf4":
         problems.append(
             "R1FT_QUANT=nf4 needs a CUDA GPU and a real base model; the tiny model trains in bf16/fp32"
@@ -161,21 +161,58 @@ def work_dir_problems(work_dir: Path) -> list[str]:
 # --- bounds from the model ----------------------------------------------------------------------------
 
 
-def model_context(s: Settings) -> int | None:
-    """The base model's context length (`max_position_embeddings`) from its config: the tiny model's, a local
-    model's config.json, or the shipped config of the default model; None for another Hub model (its config is
-    checked once downloaded, `context_problems`)."""
+# What LoRA can adapt in a model type's decoder (the last part of each module's name): its linear layers,
+# the LM head and the token embedding. A type not listed is checked against the loaded model's modules.
+LORA_MODULES = {
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head", "embed_tokens"),
+}  # fmt: skip
+
+
+def known_base_config(s: Settings) -> dict | None:
+    """The base model's config before any download: the tiny model's, a local model's config.json, or the
+    shipped config of the default model; None for another Hub model (checked once downloaded,
+    `base_model_problems`)."""
     if s.is_tiny:
-        return int(TINY_SHAPE["max_position_embeddings"])
+        return {"model_type": "qwen2", **TINY_SHAPE}
     config = Path(s.base_model).expanduser() / "config.json"
     if config.is_file():
         try:
-            return _context_of(json.loads(config.read_text(encoding="utf-8")))
+            loaded = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None  # an unreadable config is reported when the model is loaded
+        return loaded if isinstance(loaded, dict) else None
     if s.base_model == type(s).model_fields["base_model"].default:
-        return _context_of(base_config())
+        return base_config()
     return None
+
+
+def base_model_problems(s: Settings, config: dict) -> list[str]:
+    """What the base model's config rules out: lengths beyond its context, LoRA targets it does not have."""
+    context = _context_of(config)
+    problems = context_problems(s, context) if context is not None else []
+    names = LORA_MODULES.get(str(config.get("model_type", "")))
+    if names is not None:
+        problems += lora_target_problems(s.lora_targets, names)
+    return problems
+
+
+def lora_target_problems(targets: str, module_names) -> list[str]:
+    """R1FT_LORA_TARGETS names modules the model has (PEFT skips a name that matches nothing without a word, so
+    `q_proj,k_prj` would train q_proj alone). `module_names`: the model's module names, full or last parts."""
+    if targets.strip() == "all-linear":
+        return []
+    have = tuple(sorted({name.rsplit(".", 1)[-1] for name in module_names if name}))
+    wanted = [t.strip() for t in targets.split(",") if t.strip()]
+    if not wanted:
+        return [
+            f"R1FT_LORA_TARGETS={targets!r} names no module: use all-linear or a comma list of {', '.join(have)}"
+        ]
+    return [
+        f"R1FT_LORA_TARGETS: {t!r} is not a module of the base model; {_choose(t.rsplit('.', 1)[-1], have)} "
+        "(or all-linear)"
+        for t in wanted
+        if t.rsplit(".", 1)[-1] not in have
+    ]
 
 
 def _context_of(config: dict) -> int | None:

@@ -113,6 +113,52 @@ def test_max_seq_len_is_bounded_by_the_models_context(tmp_path):
                                                     "R1FT_EVAL_MAX_NEW_TOKENS": "4096"})  # fmt: skip
 
 
+def test_a_lora_target_the_model_lacks_is_refused_before_any_download(tmp_path):
+    """PEFT skips a target that matches no module without a word: q_proj,k_prj would train q_proj alone."""
+    found = problems({"R1FT_PRESET": "smoke", "R1FT_LORA_TARGETS": "q_proj,k_prj"})
+    assert "R1FT_LORA_TARGETS: 'k_prj' is not a module of the base model; did you mean k_proj?" in found
+    assert "'q_proj'" not in found
+    assert "'gate'" in problems({"R1FT_LORA_TARGETS": "gate"})  # the default model's shipped config
+    assert "names no module" in problems({"R1FT_PRESET": "smoke", "R1FT_LORA_TARGETS": " , "})
+    for fine in ("all-linear", "q_proj, v_proj", "self_attn.o_proj,mlp.down_proj,lm_head"):
+        load_settings({"R1FT_PRESET": "smoke", "R1FT_LORA_TARGETS": fine}, env_file=None)
+    result = plan_cli(tmp_path, "plan", R1FT_PRESET="smoke", R1FT_LORA_TARGETS="qproj")
+    assert result.returncode == 2 and "did you mean q_proj?" in result.stderr, result.stdout + result.stderr
+
+
+def test_lora_targets_are_checked_against_the_loaded_model_of_an_unlisted_type(tmp_path):
+    """A model type r1ft has no table for is checked once loaded: its own module names, before training."""
+    from transformers import AutoModelForCausalLM
+
+    from r1ft.model.tiny import build_tiny_base
+    from r1ft.validation import lora_target_problems
+
+    model = AutoModelForCausalLM.from_pretrained(str(build_tiny_base(tmp_path / "tiny")))
+    names = [name for name, _ in model.named_modules()]
+    assert lora_target_problems("q_proj,up_proj,model.layers.0.mlp.down_proj", names) == []
+    (problem,) = lora_target_problems("q_proj,wq", names)
+    assert "'wq' is not a module of the base model" in problem and "use one of" in problem
+
+
+def test_a_downloaded_hub_model_is_checked_before_training(tmp_path, monkeypatch):
+    """A Hub model other than the default: its config is first seen after the download, and checked then."""
+    import r1ft.stages as stages
+    from r1ft.job import Job
+    from r1ft.report.schema import RunReport
+
+    model = tmp_path / "hub-model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen2", "max_position_embeddings": 2048}))
+    monkeypatch.setattr(stages, "fetch_base_model", lambda settings: model)
+    s = load_settings({"R1FT_BASE_MODEL": "someone/other-qwen", "R1FT_LORA_TARGETS": "q_proj,k_prj",
+                       "R1FT_MAX_SEQ_LEN": "4096", "R1FT_WORK_DIR": str(tmp_path / "w")}, env_file=None)  # fmt: skip
+    job = Job(s, "r", tmp_path / "run", RunReport(run_id="r"))
+    with pytest.raises(JobError) as err:
+        stages.fetch_base(job)
+    assert err.value.exit_code == 2
+    assert "'k_prj' is not a module" in str(err.value) and "context of 2048" in str(err.value)
+
+
 def test_a_micro_batch_no_card_can_hold_is_a_settings_error(tmp_path):
     result = plan_cli(tmp_path, "plan", R1FT_MAX_SEQ_LEN="131072")
     assert result.returncode == 2, result.stdout + result.stderr

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from r1ft.job import ExitCode, JobError
 from r1ft.machine.gpu import Hardware
 from r1ft.recipe import Recipe, act_bytes_per_token
 from r1ft.settings import Settings
 from r1ft.training import distributed, fastpath
 from r1ft.training.adapters import bnb_config, lora_config, sft_config
+from r1ft.validation import lora_target_problems
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,11 @@ def load_base_model(base: str | Path, settings: Settings, recipe: Recipe, hw: Ha
     if recipe.quant == "nf4":
         kwargs["quantization_config"] = bnb_config()
     model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+    problems = lora_target_problems(settings.lora_targets, (name for name, _ in model.named_modules()))
+    if problems:  # a model type whose modules were not known before it was loaded
+        raise JobError(
+            "these settings do not fit the base model:\n  " + "\n  ".join(problems), ExitCode.SETTINGS
+        )
     model.config.use_cache = False  # also what lets transformers build the packed-sequence mask
     apply_fastpath(model, recipe, hw)
     return model
