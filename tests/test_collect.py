@@ -84,6 +84,17 @@ def test_a_damaged_file_fails_the_collect_with_r1fts_exit_code(tmp_path):
     assert "run r1ft" not in result.stdout
 
 
+def test_collect_into_a_file_is_refused_with_exit_2_before_any_download(tmp_path):
+    src = publish_by_hand(tmp_path / "published", {"report.json": json.dumps(REPORT).encode()})
+    (tmp_path / "f").write_text("mine")
+    for dest, said in ((tmp_path / "f", "f is a file"), (tmp_path / "f" / "sub", "which is a file")):
+        result = collect(tmp_path, str(src), str(dest))
+        assert result.returncode == 2, result.stderr
+        assert said in result.stderr and "collect into a directory" in result.stderr
+        assert "Traceback" not in result.stderr and "Retry with" not in result.stderr
+    assert (tmp_path / "f").read_text() == "mine"
+
+
 def test_summary_of_a_partial_report_prints_what_exists(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "report.json").write_text(

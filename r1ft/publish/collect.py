@@ -11,6 +11,7 @@ from typing import Any
 from r1ft.files import format_bytes
 from r1ft.publish.connect import open_destination
 from r1ft.publish.destination import PublishError, PublishResult, RemoteMissing, local_problem
+from r1ft.publish.location import LocationError
 from r1ft.publish.manifest import MANIFEST, read_manifest
 from r1ft.publish.preflight import reach
 from r1ft.publish.retry import DEFAULT_RETRY, REACH_RETRY, RetryPolicy
@@ -33,6 +34,7 @@ def collect(
     manifest. Files already in `dest` with the right sha256 are kept. Raises PublishError on failure
     (DestinationDenied when the credentials or permissions are refused)."""
     dest = Path(dest)
+    _check_dest(dest)
     secrets = secret_values(settings)
     probe = open_destination(src, settings, retry=first_contact, hf_api=hf_api, s3=s3)
     reach(probe, write=False, secrets=secrets, policy=first_contact)
@@ -71,3 +73,14 @@ def collect(
         f"collected {len(entries)} files ({format_bytes(total)}) from {source.location} into {dest}; verified"
     )
     return PublishResult(str(dest.resolve()), True, len(entries), total, message)
+
+
+def _check_dest(dest: Path) -> None:
+    """`dest` must be a directory or creatable as one: a file there (or above it) is a LocationError (exit 2)
+    before the source is asked, since a retry cannot help."""
+    for path in (dest, *dest.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == dest else f"is under {path}, which is a file"
+                raise LocationError(f"{dest} {what}: collect into a directory (new, or an earlier collect's)")
+            return
