@@ -68,6 +68,11 @@ def _resume_advice(run_dir: Path) -> str:
         if newest
         else "(no complete checkpoint: from step 0)"
     )
+    if run_dir.parent.name != "runs":  # `r1ft run` keeps its runs in WORK_DIR/runs/<run id>
+        return (
+            f"`r1ft run` resumes a run kept as WORK_DIR/runs/{run_dir.name}: move {run_dir} there, then rerun it "
+            f"with the same settings, R1FT_WORK_DIR=WORK_DIR and R1FT_RUN_ID={run_dir.name}, to resume it {where}"
+        )
     return (
         f"rerun `r1ft run` with the same settings and R1FT_RUN_ID={run_dir.name} "
         f"(R1FT_WORK_DIR={run_dir.parent.parent}) to resume it {where}"

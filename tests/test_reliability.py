@@ -164,7 +164,15 @@ def test_publish_and_merge_on_a_run_killed_before_its_report_say_how_to_resume(i
             "is a run that never finished" in result.output and "is it a run directory" not in result.output
         )
         assert f"R1FT_RUN_ID={RUN_ID}" in result.output and "checkpoint-6" in result.output
-        assert "Traceback" not in result.output
+        assert f"R1FT_WORK_DIR={tmp / 'work'}" in result.output and "Traceback" not in result.output
+    moved = tmp_path / "elsewhere" / RUN_ID  # a run directory copied out of WORK_DIR/runs/
+    shutil.copytree(run_dir, moved)
+    result = run_job(job_env(tmp), tmp, "merge", "--run-dir", str(moved))
+    assert result.rc == 2 and f"move {moved} there" in result.output, result.output[-2000:]
+    assert (
+        f"WORK_DIR/runs/{RUN_ID}" in result.output
+        and f"R1FT_WORK_DIR={moved.parent.parent}" not in result.output
+    )
 
 
 @pytest.mark.parametrize("text", ["[]", '{"schema_version": "2"}'])
