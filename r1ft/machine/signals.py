@@ -13,7 +13,9 @@ between two units of work, never in the middle of one:
 
 A stage that stops raises `Stopped` (`stop.check()`). It is a BaseException, like KeyboardInterrupt, so the
 `except Exception` of a stage that keeps going after one bad item (a GGUF type, a publish retry) does not
-swallow it. A second signal of the same kind falls back to the default behaviour (the process ends at once).
+swallow it. A second signal of the same kind falls back to the default behaviour (the process ends at once),
+and so does SIGINT during any stop (Ctrl-C while a SIGTERM or disk stop saves and publishes: the person at
+the keyboard means now); SIGTERM during a SIGINT stop lets that stop finish.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class StopFlag:
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
-        if self.reason == name:  # second time: give up gracefully stopping
+        if self.reason == name or (self.reason and name == "SIGINT"):  # give up stopping gracefully
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
             return
