@@ -420,6 +420,19 @@ def test_too_many_bad_records_stop_with_file_and_reasons(tmp_path, tiny_tokenize
     assert str(src) in msg and "R1FT_MAX_BAD_FRACTION" in msg
 
 
+def test_nothing_left_after_the_length_policy_says_how_many_and_why(tmp_path, tiny_tokenizer):
+    """`r1ft data --stats` fails the same way, so the error itself carries the counts and the fix."""
+    long = [
+        mci(f"Q{i}: {'the pens of Ann ' * 40}?", ("text", f"So \\(\\boxed{{{i}}}\\).")) for i in range(12)
+    ]
+    src = write_jsonl(tmp_path / "m.jsonl", long)
+    with pytest.raises(data.DataError) as e:
+        prepare(tmp_path, tiny_tokenizer, mathcodeinstruct_source=src, scibench_source="none", max_seq_len=64)
+    msg = str(e.value)
+    assert "12 cleaned examples, none fits R1FT_MAX_SEQ_LEN=64 under R1FT_LENGTH_POLICY=drop" in msg
+    assert "mathcodeinstruct: too_long 12" in msg and "R1FT_LENGTH_POLICY=truncate" in msg
+
+
 @pytest.mark.parametrize(
     ("first", "field"),
     [

@@ -201,9 +201,30 @@ def draw_and_split(
         drawn, lengths[name] = draw(mine, want, settings, tokenizer, stop)
         for pair in drawn:
             (held if is_eval(pair[0]["key"], settings.eval_fraction) else train).append(pair)
+    if not train and not held:
+        raise DataError(_nothing_left(len(pool), lengths, settings))
     train, held = ensure_both_splits(train, held)
     held.sort(key=lambda pair: _unit_hash("split", pair[0]["key"]))
     return train, held, lengths
+
+
+def _nothing_left(pooled: int, lengths: dict[str, Counter], settings) -> str:
+    """Why no example is left, with the counts (`r1ft data --stats` fails the same way, so they are said here)."""
+    if not pooled:
+        return (
+            "no example is left after cleaning (duplicates and SciBench test problems removed): "
+            "check the data sources"
+        )
+    seen = "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()) if v)
+        for name, c in lengths.items()
+        if sum(c.values())
+    )
+    return (
+        f"no example is left after the length policy: {pooled} cleaned examples, none fits "
+        f"R1FT_MAX_SEQ_LEN={settings.max_seq_len} under R1FT_LENGTH_POLICY={settings.length_policy} ({seen}); "
+        "raise R1FT_MAX_SEQ_LEN, or set R1FT_LENGTH_POLICY=truncate"
+    )
 
 
 def ensure_both_splits(train: list[tuple], held: list[tuple]) -> tuple[list[tuple], list[tuple]]:
