@@ -5,6 +5,7 @@ disk. Shared by the training data (`r1ft.data.sources`) and the benchmarks (`r1f
 from __future__ import annotations
 
 import glob
+import logging
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -14,6 +15,8 @@ from typing import Any
 from r1ft.downloads import DownloadError, HubItem, snapshot
 from r1ft.files import sha256_file
 from r1ft.records import DATA_SUFFIXES, DataError
+
+log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -66,11 +69,14 @@ def local_files(spec: str, setting: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+        found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     else:
-        files = sorted(
-            Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).suffix in DATA_SUFFIXES
-        )
+        found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    files = [p for p in found if p.suffix in DATA_SUFFIXES]
+    skipped = [p.name for p in found if p.suffix not in DATA_SUFFIXES]
+    if skipped:  # nothing is left out without a word (a .jsonl.gz is not read: decompress it first)
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        log.warning("%s: not read (not .jsonl, .json or .parquet): %s", setting, shown)
     if not files:
         where = (
             "matches no file"

@@ -703,3 +703,18 @@ def test_interpreter_output_mask_on_real_sample_records(shared_data, tmp_path, t
     assert k.train_output_tokens == m.train_output_tokens == k.train_loss_by_block["output"] > 0
     assert m.train_loss_by_block["output"] == 0 and m.train_loss == k.train_loss - k.train_output_tokens
     assert m.train_output_blocks == blocks_seen
+
+
+def test_files_a_source_directory_holds_but_cannot_read_are_named_in_the_log(tmp_path, caplog):
+    from r1ft.inputs import local_files
+
+    (tmp_path / "src" / "more").mkdir(parents=True)
+    for name in ("a.jsonl", "more/b.json", "c.jsonl.gz", "notes.txt", ".hidden"):
+        (tmp_path / "src" / name).write_text("")
+    with caplog.at_level("WARNING"):
+        files = local_files(str(tmp_path / "src"), "R1FT_MATHCODEINSTRUCT_SOURCE")
+    assert [p.name for p in files] == ["a.jsonl", "b.json"]
+    assert (
+        "R1FT_MATHCODEINSTRUCT_SOURCE: not read (not .jsonl, .json or .parquet): c.jsonl.gz, notes.txt"
+        in caplog.text
+    )
