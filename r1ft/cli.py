@@ -16,7 +16,7 @@ from pathlib import Path
 from r1ft.bench import training as bench
 from r1ft.commands import eval_run, gguf_run, merge_run, publish_run_dir
 from r1ft.data.prepare import iter_rendered, prepare_data
-from r1ft.job import ExitCode, JobError
+from r1ft.exits import ExitCode, JobError
 from r1ft.machine.gpu import planning_hardware, visible_gpus
 from r1ft.machine.instance import stop_instance
 from r1ft.machine.logs import setup_console
@@ -26,7 +26,8 @@ from r1ft.publish.collect import collect
 from r1ft.publish.destination import DestinationDenied, PublishError
 from r1ft.publish.location import LocationError
 from r1ft.records import DataError
-from r1ft.settings import Settings, SettingsError, load_settings
+from r1ft.settings import Settings
+from r1ft.settings_load import SettingsError, load_settings
 from r1ft.stages import fetch_base, load_tokenizer
 from r1ft.training import distributed
 from r1ft.training.distributed import world_size

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from r1ft import delivery, stages
 from r1ft.checkpoints import markers
-from r1ft.job import ExitCode, Job, JobError
+from r1ft.exits import ExitCode, JobError
+from r1ft.job import Job
 from r1ft.machine.runlock import RunLock
 from r1ft.machine.signals import StopFlag
 from r1ft.report.card import write_model_card

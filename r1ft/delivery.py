@@ -11,9 +11,10 @@ from pathlib import Path
 from r1ft import stages
 from r1ft.checkpoints import markers, pusher
 from r1ft.checkpoints.watchdog import DiskWatchdog
+from r1ft.exits import ExitCode, JobError, utc_now
 from r1ft.export.adapter import name_base_by_id
 from r1ft.files import format_bytes, free_bytes
-from r1ft.job import ExitCode, Job, JobError, utc_now
+from r1ft.job import Job
 from r1ft.machine import instance
 from r1ft.machine.signals import StopFlag
 from r1ft.model.base import hub_origin

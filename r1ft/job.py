@@ -1,13 +1,11 @@
-"""What every stage of a run shares: the exit codes, the error a stage raises, and the job itself.
+"""What every stage of a run shares: the job itself (its exit codes and errors are `r1ft.exits`).
 
-This module sits below the orchestrator and the stages (they import it; it imports none of them), so a
-stage can raise `JobError(..., ExitCode.PUBLISH)` without reaching up into `r1ft.pipeline`.
+This module sits below the orchestrator and the stages (they import it; it imports none of them at run
+time: the types of the live objects it holds are imported for annotations only).
 """
 
 from __future__ import annotations
 
-import datetime
-import enum
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,30 +22,6 @@ if TYPE_CHECKING:  # types only: the stages below import this module, never the 
     from r1ft.report.schema import RunReport
 
 log = logging.getLogger(__name__)
-
-
-class ExitCode(enum.IntEnum):
-    """The process exit codes r1ft promises (README, "Exit codes")."""
-
-    OK = 0
-    FAILED = 1  # an unforeseen failure: what exists is kept, the report says what happened
-    SETTINGS = 2  # invalid settings, inputs or data: nothing was spent, fix and rerun
-    PUBLISH = 3  # training done, the outputs could not be delivered: they are kept, retry the publish
-    DISK = 4  # the disk budget cannot be kept
-    SIGINT = 130
-    SIGTERM = 143
-
-
-class JobError(Exception):
-    """A failure with the exit code it maps to and a message that says what to do.
-
-    `leave_run`: the job never took the run over (its directory is locked by another job, or its checkpoints
-    were trained with other settings), so the run's report and the instance are left as they are."""
-
-    def __init__(self, message: str, exit_code: ExitCode, *, leave_run: bool = False):
-        super().__init__(message)
-        self.exit_code = ExitCode(exit_code)
-        self.leave_run = leave_run
 
 
 @dataclass
@@ -92,8 +66,3 @@ class StageTimer:
 
     def __exit__(self, *exc: object) -> None:
         self.timings[self.name] = round(time.perf_counter() - self.t0, 2)
-
-
-def utc_now() -> str:
-    """The time stamps of the report's history and of the run lock: ISO 8601, UTC, to the second."""
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from r1ft import delivery, stages
 from r1ft.data.prepare import data_fingerprint
+from r1ft.exits import ExitCode, JobError
 from r1ft.files import disk_full, reserve
-from r1ft.job import ExitCode, Job, JobError
+from r1ft.job import Job
 from r1ft.machine import banner
 from r1ft.machine.logs import attach_file_log
 from r1ft.machine.runlock import RunLock

@@ -16,8 +16,8 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
+from r1ft.exits import ExitCode, JobError
 from r1ft.files import GB
-from r1ft.job import ExitCode, JobError
 from r1ft.machine.gpu import Hardware
 from r1ft.settings import Settings
 from r1ft.validation import batch_problem

@@ -4,7 +4,8 @@ variables) and an optional `.env` file; validated, frozen, passed down.
 pydantic-settings does the reading: the `R1FT_` prefix, the standard names as aliases, the `.env` file
 (the process environment wins over it), and the preset's values as the lowest-priority source (an explicit
 variable always wins). r1ft adds what the library does not: every problem reported at once with its fix,
-and an unknown `R1FT_*` name reported as an error with the closest valid name.
+and an unknown `R1FT_*` name reported as an error with the closest valid name; both in
+`r1ft.settings_load`, which runs the cross-field checks of `r1ft.validation` too.
 
 Nothing below this module reads `os.environ`. This module must stay light: it is imported before
 torch so that `r1ft plan` with bad settings answers in well under a second.
@@ -12,9 +13,7 @@ torch so that `r1ft plan` with bad settings answers in well under a second.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import io
 import json
 import os
 import re
@@ -23,7 +22,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -35,7 +34,6 @@ from pydantic_settings.sources.utils import parse_env_vars
 from r1ft.export.gguf_types import SUPPORTED_GGUF_TYPES
 from r1ft.model.tiny import TINY_MODEL
 from r1ft.presets import PRESETS
-from r1ft.validation import cross_checks
 
 PREFIX = "R1FT_"
 BASE_MODEL_ID = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
@@ -48,14 +46,6 @@ MATH500_REVISION = "6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be"
 Optimizer = Literal[
     "auto", "adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "adamw_8bit", "paged_adamw_8bit"
 ]  # fmt: skip
-
-
-class SettingsError(Exception):
-    """Every problem found in the settings, each with its fix."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 class Settings(BaseSettings):
@@ -346,15 +336,16 @@ def env_names() -> dict[str, str]:
     return names
 
 
-# The environment being parsed: os.environ, or the mapping a caller (a test) hands to load_settings.
-_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("r1ft_settings_environ", default=None)
+# The environment being parsed: os.environ, or the mapping a caller (a test) hands to
+# `r1ft.settings_load.load_settings`, which sets it.
+ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("r1ft_settings_environ", default=None)
 
 
 class _Environment(EnvSettingsSource):
     """pydantic-settings' environment source, reading the mapping load_settings was given."""
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        environ = _ENVIRON.get()
+        environ = ENVIRON.get()
         source = os.environ if environ is None else environ
         return parse_env_vars(source, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
@@ -377,119 +368,3 @@ class _PresetSource(PydanticBaseSettingsSource):
                 preset = str(value).strip().lower()
                 break
         return dict(PRESETS.get(preset, {}))
-
-
-def read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
-    """The `.env` file's variables (python-dotenv's parser, as pydantic-settings uses it), and as problems
-    what python-dotenv skips with only a warning: a file that is not UTF-8, a line it cannot parse (whose
-    setting would silently keep its default), named by number and variable, never by value (a secret)."""
-    from dotenv import dotenv_values
-    from dotenv.parser import parse_stream
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        return {}, [f"env file {path}: not UTF-8 text (byte {e.start}); save it as UTF-8"]
-    problems = [
-        f"env file {path} line {b.original.line} ({_line_name(b.original.string)}): cannot be parsed (an "
-        "unclosed quote, or no '='?), so it would be ignored: write NAME=value"
-        for b in parse_stream(io.StringIO(text))
-        if b.error
-    ]
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}, problems
-
-
-def _line_name(line: str) -> str:
-    """The variable a `.env` line sets, when what precedes its '=' is a name; '?' otherwise (no value shown)."""
-    name = line.split("=", 1)[0].strip().removeprefix("export ").strip()
-    return name if re.fullmatch(r"[A-Za-z_]\w*", name) else "?"
-
-
-def unknown_names(env: Mapping[str, str]) -> list[str]:
-    """A problem line for every `R1FT_*` name that is not a setting, with the closest valid name."""
-    known = [name for name in env_names() if name.startswith(PREFIX)]
-    problems = []
-    for name in sorted(env):
-        upper = name.upper()
-        if upper.startswith(PREFIX) and upper not in known:
-            close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else "see .env.example for the valid names"
-            problems.append(f"{name}: unknown setting; {hint}")
-    return problems
-
-
-def _field_problems(err: ValidationError) -> tuple[list[str], set[str]]:
-    """One line per invalid field, naming its variable, the value (never a secret's) and what it is; and
-    the fields that failed."""
-    by_name = {}
-    for env_name, field in env_names().items():
-        by_name.setdefault(field, env_name)
-    lines, failed = [], set()
-    for e in err.errors():
-        key = str(e["loc"][0]) if e["loc"] else "?"
-        field = key if key in Settings.model_fields else env_names().get(key, key)
-        failed.add(field)
-        value = e.get("input")
-        shown = "" if field in SECRET_FIELDS or isinstance(value, dict) else f" (got {value!r})"
-        info = Settings.model_fields.get(field)
-        what = f"; it is {info.description}" if info is not None and info.description else ""
-        lines.append(f"{by_name.get(field, key)}: {e['msg']}{shown}{_closest(e)}{what}")
-    return lines, failed
-
-
-def _closest(e: Any) -> str:
-    """For a value outside a fixed set of choices (a Literal field): the closest choice, if one is close."""
-    if e["type"] != "literal_error" or not isinstance(e.get("input"), str):
-        return ""
-    choices = re.findall(r"'([^']*)'", str(e.get("ctx", {}).get("expected", "")))
-    close = difflib.get_close_matches(e["input"].strip().lower(), choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
-def load_settings(
-    environ: Mapping[str, str] | None = None,
-    env_file: Path | None = Path(".env"),
-    *,
-    env_file_required: bool = False,
-) -> Settings:
-    """Parse and validate every setting at once; raise SettingsError listing every problem with its fix.
-
-    `environ` defaults to the process environment; `env_file` is read when it exists (a missing one is an
-    error when `env_file_required`, i.e. the user named it). The process environment wins over the file.
-    """
-    env = dict(os.environ if environ is None else environ)
-    problems = []
-    file_values: dict[str, str] = {}
-    if env_file is not None:
-        if Path(env_file).is_file():
-            file_values, problems = read_env_file(Path(env_file))
-        elif env_file_required:
-            problems.append(f"--env-file {env_file}: no such file; fix the path (or leave --env-file out)")
-    problems += unknown_names({**file_values, **env})
-    token = _ENVIRON.set(env)
-    try:
-        settings, failed = _build(env_file if file_values else None, {})
-        if settings is None:
-            field_lines, failed_fields = failed
-            problems += field_lines
-            # The cross-field checks still run, on the valid fields, with the invalid ones at their defaults.
-            defaults = {
-                f: Settings.model_fields[f].default for f in failed_fields if f in Settings.model_fields
-            }
-            settings, _ = _build(env_file if file_values else None, defaults)
-    finally:
-        _ENVIRON.reset(token)
-    if settings is not None:
-        problems += [p for p in cross_checks(settings) if p not in problems]
-    if problems:
-        raise SettingsError(problems)
-    assert settings is not None
-    return settings
-
-
-def _build(env_file: Path | None, overrides: dict[str, Any]) -> tuple[Settings | None, Any]:
-    """Settings from the sources; (None, (problem lines, failed fields)) when a field is invalid."""
-    try:
-        return Settings(_env_file=env_file, **overrides), None
-    except ValidationError as err:
-        return None, _field_problems(err)

@@ -16,10 +16,11 @@ from r1ft.checkpoints.watchdog import DiskWatchdog, trainer_callback
 from r1ft.data import prepare
 from r1ft.evaluation.losses import read_scalars
 from r1ft.evaluation.run import FineTune, evaluate_run
+from r1ft.exits import ExitCode, JobError, utc_now
 from r1ft.export import merge
 from r1ft.export.gguf import export_gguf
 from r1ft.files import GB
-from r1ft.job import ExitCode, Job, JobError, utc_now
+from r1ft.job import Job
 from r1ft.machine.gpu import Hardware, detect_hardware
 from r1ft.machine.signals import StopFlag
 from r1ft.model.base import fetch_base_model

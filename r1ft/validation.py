@@ -1,6 +1,6 @@
 """Checks of the settings that involve several of them, or the world (a local path exists, a location
 parses, the work dir can be written, the model's context length): each problem with its fix.
-`r1ft.settings.load_settings` runs them after the fields' own checks and reports every problem at once.
+`r1ft.settings_load.load_settings` runs them after the fields' own checks and reports every problem at once.
 
 The batch arithmetic lives here too (`batch_problem`), as a pure function of numbers: the settings check it
 for the processes they know of, and the recipe checks it again once the number of processes is known.

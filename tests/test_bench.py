@@ -13,7 +13,7 @@ from r1ft.bench import lengths as benchdata
 from r1ft.bench import training as bench
 from r1ft.bench import training_report, variants
 from r1ft.model.tiny import base_config
-from r1ft.settings import load_settings
+from r1ft.settings_load import load_settings
 
 
 def bench_args(tmp_path: Path, **kw) -> argparse.Namespace:

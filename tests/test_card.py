@@ -10,7 +10,7 @@ from r1ft.publish.location import parse_location
 from r1ft.recipe import make_recipe
 from r1ft.report.card import model_card
 from r1ft.report.schema import RunReport
-from r1ft.settings import load_settings
+from r1ft.settings_load import load_settings
 
 WHERE = parse_location("hf://someone/r1ft-run")
 H100 = Hardware(device="cuda", gpu_name="NVIDIA H100 80GB HBM3", gpu_mem_gb=85.0, gpu_count=1, bf16=True)

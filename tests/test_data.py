@@ -17,7 +17,7 @@ from r1ft.data.sources import builtin_files
 from r1ft.data.stats import DataStats
 from r1ft.inputs import builtin_dir
 from r1ft.records import normalise_problem, read_records
-from r1ft.settings import SettingsError, load_settings
+from r1ft.settings_load import SettingsError, load_settings
 
 
 def make_settings(tmp_path: Path, **values):
@@ -508,7 +508,7 @@ def test_scibench_single_sol_file_and_none(tmp_path, tiny_tokenizer):
 
 @pytest.mark.parametrize("spec", ["missing/dir/", "./nope.jsonl", "/tmp/r1ft-no-such-*.jsonl"])
 def test_missing_local_source(tmp_path, tiny_tokenizer, spec):
-    from r1ft.settings import SettingsError
+    from r1ft.settings_load import SettingsError
 
     # Caught when the settings are parsed, before anything runs ...
     with pytest.raises(SettingsError, match="R1FT_MATHCODEINSTRUCT_SOURCE="):

@@ -140,7 +140,7 @@ def test_plan_says_when_more_gpus_add_cost_not_speed():
     from r1ft.model.tiny import base_config
     from r1ft.plan import make_plan, render_plan
     from r1ft.recipe import make_recipe
-    from r1ft.settings import load_settings
+    from r1ft.settings_load import load_settings
 
     h200 = Hardware("cuda", "NVIDIA H200", 141, 4, True)
 
@@ -164,7 +164,7 @@ def test_plan_says_whether_training_compiles():
     from r1ft.model.tiny import base_config
     from r1ft.plan import COMPILE_WARMUP_S, make_plan
     from r1ft.recipe import make_recipe
-    from r1ft.settings import load_settings
+    from r1ft.settings_load import load_settings
 
     def plan(s, hw, gpu_name=""):
         return make_plan(

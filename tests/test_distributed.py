@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch.multiprocessing as mp
 
-from r1ft.settings import load_settings
+from r1ft.settings_load import load_settings
 from r1ft.training import distributed
 
 

@@ -24,7 +24,7 @@ from r1ft.evaluation.protocol import (
 )
 from r1ft.evaluation.results import EvaluationRecord
 from r1ft.report.card_evaluation import evaluation_section
-from r1ft.settings import load_settings
+from r1ft.settings_load import load_settings
 from r1ft.tasks import heldout, math500, scibench
 from r1ft.tasks.problem import Benchmark, Problem, Verdict
 

@@ -9,7 +9,7 @@ import torch
 from r1ft.machine.gpu import Hardware
 from r1ft.model.tiny import base_config
 from r1ft.recipe import make_recipe
-from r1ft.settings import load_settings
+from r1ft.settings_load import load_settings
 from r1ft.training import fastpath
 from r1ft.training.adapters import lora_config, sft_config
 

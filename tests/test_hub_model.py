@@ -7,7 +7,7 @@ from huggingface_hub import errors
 
 from r1ft.model import base as hub_model
 from r1ft.pipeline import JobError
-from r1ft.settings import load_settings
+from r1ft.settings_load import load_settings
 
 
 def fake_response(status: int):

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from r1ft.machine.instance import decide_action, stop_instance
-from r1ft.settings import load_settings
+from r1ft.settings_load import load_settings
 
 KEY = "container-key-never-shown"
 

@@ -18,13 +18,13 @@ from jobrun import job_env, run_job
 from s3server import Credentials, iam_enforced, iam_user, job_bucket, s3_server
 
 from r1ft.checkpoints.resume import find_resume_point
-from r1ft.job import JobError
+from r1ft.exits import JobError
 from r1ft.publish.checkpoint import push_checkpoint
 from r1ft.publish.connect import destination_for
 from r1ft.publish.destination import DestinationDenied, DestinationUnreachable
 from r1ft.publish.preflight import check_destination, reach
 from r1ft.publish.retry import RetryPolicy
-from r1ft.settings import load_settings
+from r1ft.settings_load import load_settings
 
 RUN_ID = "r1ft-smoke-preflight"
 SECRET_SHOWN_NEVER = "never-shown-secret-value"

@@ -22,7 +22,7 @@ from r1ft.publish.location import Location, LocationError, parse_location
 from r1ft.publish.manifest import CHECKPOINT_DIR, MANIFEST, run_files
 from r1ft.publish.retry import RetryPolicy, retry_after_seconds
 from r1ft.publish.run import publish_run
-from r1ft.settings import load_settings
+from r1ft.settings_load import load_settings
 
 RUN_ID = "r1ft-smoke-test"
 AWS_SECRET = "s3-secret-value-never-shown"

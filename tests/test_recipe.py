@@ -12,7 +12,8 @@ from r1ft.machine.gpu import Hardware
 from r1ft.model.tiny import base_config
 from r1ft.plan import make_plan, render_plan
 from r1ft.recipe import Layout, batch_layout, make_recipe
-from r1ft.settings import Optimizer, SettingsError, load_settings
+from r1ft.settings import Optimizer
+from r1ft.settings_load import SettingsError, load_settings
 
 H100 = Hardware(device="cuda", gpu_name="NVIDIA H100 80GB HBM3", gpu_mem_gb=85.0, gpu_count=1, bf16=True)
 RTX4090 = Hardware(device="cuda", gpu_name="NVIDIA GeForce RTX 4090", gpu_mem_gb=25.3, gpu_count=1, bf16=True)

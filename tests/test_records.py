@@ -14,7 +14,7 @@ import pytest
 from r1ft.data.prepare import prepare_data
 from r1ft.data.sources import builtin_dir
 from r1ft.records import BadRecord, max_record_bytes, read_records
-from r1ft.settings import load_settings
+from r1ft.settings_load import load_settings
 
 SAMPLE = builtin_dir() / "mathcodeinstruct_sample.jsonl"
 

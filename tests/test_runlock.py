@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from r1ft.job import JobError
+from r1ft.exits import JobError
 from r1ft.machine.runlock import RunLock
 
 HOLD = textwrap.dedent(

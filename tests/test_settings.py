@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from r1ft.settings import SettingsError, load_settings, unknown_names
+from r1ft.settings_load import SettingsError, load_settings, unknown_names
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -34,25 +34,16 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _type_checking_block(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (
-        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-    )
-
-
 MODULE_NAMES = _all_module_names()
 
 
 def imports(path: Path) -> list[tuple[str, bool]]:
-    """(imported module, at module level?) for every import outside `if TYPE_CHECKING:` blocks."""
+    """(imported module, at module level?) for every import, those of `if TYPE_CHECKING:` blocks included: an
+    import for annotations only still points from one module to another, and a circle through one is one."""
     found: list[tuple[str, bool]] = []
 
     def visit(node: ast.AST, top: bool) -> None:
         for child in ast.iter_child_nodes(node):
-            if _type_checking_block(child):
-                continue
             inner = top and not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
             if isinstance(child, ast.Import):
                 found.extend((a.name, top) for a in child.names)

@@ -12,7 +12,7 @@ from r1ft import chat
 from r1ft.machine.gpu import Hardware
 from r1ft.model.tiny import base_config
 from r1ft.recipe import Layout, batch_layout, make_recipe
-from r1ft.settings import load_settings
+from r1ft.settings_load import load_settings
 from r1ft.training.train import run_training
 
 EXAMPLES = [

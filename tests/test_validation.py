@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from r1ft.job import JobError
+from r1ft.exits import JobError
 from r1ft.machine.gpu import Hardware
 from r1ft.model.tiny import base_config
 from r1ft.plan import config_for, make_plan
 from r1ft.recipe import Layout, batch_layout, make_recipe
-from r1ft.settings import SettingsError, load_settings
+from r1ft.settings_load import SettingsError, load_settings
 from r1ft.validation import LR_SCHEDULERS, LR_SCHEDULERS_NEEDING_KWARGS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from typing import Any
 from r1ft.machine.gpu import detect_hardware
 from r1ft.model.tiny import base_config, build_tokenizer
 from r1ft.recipe import make_recipe
-from r1ft.settings import load_settings
+from r1ft.settings_load import load_settings
 from r1ft.training import distributed
 from r1ft.training.adapters import bnb_config, lora_config, sft_config
 from r1ft.training.fastpath import dtype_census

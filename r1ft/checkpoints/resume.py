@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from r1ft.checkpoints import markers as checkpoints
-from r1ft.job import ExitCode, JobError
+from r1ft.exits import ExitCode, JobError
 from r1ft.publish.checkpoint import fetch_last_checkpoint, fetch_run_history
 from r1ft.publish.destination import DestinationDenied, PublishError
 from r1ft.recipe import Recipe

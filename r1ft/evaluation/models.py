@@ -11,8 +11,8 @@ import gc
 import logging
 from pathlib import Path
 
+from r1ft.exits import ExitCode, JobError
 from r1ft.export import merge
-from r1ft.job import ExitCode, JobError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
-from r1ft.job import ExitCode, JobError, utc_now
+from r1ft.exits import ExitCode, JobError, utc_now
 
 LOCK_FILE = ".r1ft.lock"
 

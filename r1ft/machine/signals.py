@@ -24,7 +24,7 @@ import logging
 import signal
 import threading
 
-from r1ft.job import ExitCode
+from r1ft.exits import ExitCode
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from r1ft.downloads import DownloadError, HubItem, snapshot
-from r1ft.job import ExitCode, JobError
+from r1ft.exits import ExitCode, JobError
 from r1ft.model.tiny import build_tiny_base
 from r1ft.settings import Settings
 

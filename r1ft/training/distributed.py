@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import NoReturn
 
-from r1ft.job import ExitCode
+from r1ft.exits import ExitCode
 from r1ft.machine.gpu import visible_gpus
 from r1ft.settings import Settings
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from r1ft.job import ExitCode, JobError
+from r1ft.exits import ExitCode, JobError
 from r1ft.machine.gpu import Hardware
 from r1ft.recipe import Recipe, act_bytes_per_token
 from r1ft.settings import Settings
